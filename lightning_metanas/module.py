@@ -1,0 +1,159 @@
+"""The LightningModule: a SuperNet and its meta-train step.
+
+Lightning owns the loop, the optimiser step, devices and checkpoints; this module only says
+what one meta-batch does: for each task, take an architecture from the sampler, adapt a clone
+of that subnet on the support set, and average the query losses into one meta-loss. One
+backward per meta-batch keeps it compatible with DDP's gradient averaging.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Optional
+
+import pytorch_lightning as pl
+import torch
+
+from lightning_metanas.maml import MetaConfig, TaskAdapter
+from lightning_metanas.metrics import TaskAccuracy
+from lightning_metanas.samplers import ArchitectureSampler, FixedSampler, UniformSampler
+from lightning_metanas.search_space import Architecture, SearchSpace
+from lightning_metanas.supernet import SuperNet
+
+
+def _as_settings(cls, value):
+    # Checkpoints store settings as plain dicts (loadable with weights_only=True).
+    return cls(**value) if isinstance(value, dict) else value
+
+
+class MetaNASModule(pl.LightningModule):
+    """Meta-learns the weights of a SuperNet over a distribution of few-shot tasks.
+
+    Args:
+        ways: classes per task (linked from the data module by the CLI).
+        image_channels: channels of the input images (linked from the data module).
+        image_size: side of the (square) input images, for FLOP counts.
+        search_space: operations, widths and depths the SuperNet holds.
+        meta: inner/outer learning rates, steps and meta-gradient mode.
+        train_arch: meta-train only this architecture instead of sampling the space: a path
+            to an architecture JSON file, or ``reference`` for Conv-4 (the MAML baseline).
+        eval_arch: architecture JSON that validation and test evaluate; by default the
+            sampler's best (Conv-4 before any search).
+        seed: seed of the per-task architecture sampling (offset by the DDP rank).
+    """
+
+    def __init__(
+        self,
+        ways: int = 5,
+        image_channels: int = 1,
+        image_size: int = 28,
+        search_space: SearchSpace = SearchSpace(),
+        meta: MetaConfig = MetaConfig(),
+        train_arch: Optional[str] = None,
+        eval_arch: Optional[str] = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        search_space = _as_settings(SearchSpace, search_space)
+        meta = _as_settings(MetaConfig, meta)
+        if ways < 2:
+            raise ValueError(f"model.ways must be >= 2, got {ways}")
+        self.save_hyperparameters(
+            {
+                "ways": ways,
+                "image_channels": image_channels,
+                "image_size": image_size,
+                "search_space": dataclasses.asdict(search_space),
+                "meta": dataclasses.asdict(meta),
+                "train_arch": train_arch,
+                "eval_arch": eval_arch,
+                "seed": seed,
+            }
+        )
+        self.space, self.meta = search_space, meta
+        self.supernet = SuperNet(search_space, ways, image_channels)
+        self.adapter = TaskAdapter(self.supernet, meta.inner_lr)
+        self.sampler: ArchitectureSampler = self._initial_sampler(train_arch)
+        self.eval_arch = self._load_arch(eval_arch) if eval_arch else None
+        self.val_accuracy = TaskAccuracy()
+        self.test_accuracy = TaskAccuracy()
+        self.last_result: dict[str, dict[str, float]] = {}  # split -> acc, acc_ci95, tasks
+
+    # -- architectures -------------------------------------------------------------------
+    def _load_arch(self, spec: str) -> Architecture:
+        if spec == "reference":
+            return self.space.reference()
+        return self.space.validate(Architecture.load(spec))
+
+    def _initial_sampler(self, train_arch: Optional[str]) -> ArchitectureSampler:
+        if train_arch:
+            return FixedSampler(self._load_arch(train_arch))
+        return UniformSampler(self.space)
+
+    def evaluated_architecture(self) -> Architecture:
+        return self.eval_arch or self.sampler.best()
+
+    def step_rng(self) -> random.Random:
+        """Architecture sampling for this step, derived from (seed, rank, step) alone: each DDP
+        rank draws its own architectures, and a resumed run draws what the uninterrupted run
+        would have, with no generator state to checkpoint."""
+        return random.Random(f"{self.hparams.seed}/{self.global_rank}/{self.global_step}")
+
+    # -- meta-training -------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        support_x, support_y, query_x, query_y = batch
+        losses, accuracies = [], []
+        rng = self.step_rng()
+        for t in range(support_x.shape[0]):
+            arch = self.sampler.sample(rng)
+            result = self.adapter.meta_loss(
+                arch,
+                (support_x[t], support_y[t]),
+                (query_x[t], query_y[t]),
+                steps=self.meta.inner_steps,
+                second_order=self.meta.meta_gradient == "second_order",
+            )
+            losses.append(result.loss)
+            accuracies.append(result.accuracy)
+        loss = torch.stack(losses).mean()
+        batch_size = support_x.shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        self.log("train/acc", torch.stack(accuracies).mean(), prog_bar=True, batch_size=batch_size)
+        return loss
+
+    # -- evaluation ----------------------------------------------------------------------
+    def _evaluate_batch(self, batch, metric: TaskAccuracy) -> None:
+        support_x, support_y, query_x, query_y = batch
+        arch = self.evaluated_architecture()
+        accuracies = [
+            self.adapter.evaluate(
+                arch,
+                (support_x[t], support_y[t]),
+                (query_x[t], query_y[t]),
+                steps=self.meta.eval_inner_steps,
+            ).accuracy
+            for t in range(support_x.shape[0])
+        ]
+        metric.update(torch.stack(accuracies))
+
+    def _log_accuracy(self, split: str, metric: TaskAccuracy) -> None:
+        result = metric.compute()  # already reduced over DDP ranks by the metric itself
+        self.last_result[split] = {name: float(value) for name, value in result.items()}
+        self.log(f"{split}/acc", result["acc"], prog_bar=True)
+        self.log(f"{split}/acc_ci95", result["acc_ci95"])
+        metric.reset()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate_batch(batch, self.val_accuracy)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_accuracy("val", self.val_accuracy)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate_batch(batch, self.test_accuracy)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_accuracy("test", self.test_accuracy)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.supernet.parameters(), lr=self.meta.meta_lr)

@@ -1,0 +1,124 @@
+"""The registry of candidate operations, with weights shared across channel widths.
+
+Every operation holds its weights at the widest setting and slices the first ``c_in`` input
+and ``c_out`` output channels when a narrower subnet runs (elastic width, as in
+once-for-all), so one tensor trains every width. Each op ends in its own BatchNorm, which
+always normalises with the statistics of the current batch, i.e. of the task at hand: this is
+the MAML reference protocol (Finn et al. keep ``training=True`` at meta-test too) and it
+keeps no running statistics, so learn2learn's ``clone()`` has no shared buffers to corrupt.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SharedOp(nn.Module):
+    """Base class: ``forward(x, c_out)`` maps ``x`` (with any ``c_in <= max_in`` channels) to
+    ``c_out <= max_out`` channels, normalised by per-task batch statistics."""
+
+    def __init__(self, max_in: int, max_out: int) -> None:
+        super().__init__()
+        self.max_in, self.max_out = max_in, max_out
+        self.bn_weight = nn.Parameter(torch.ones(max_out))
+        self.bn_bias = nn.Parameter(torch.zeros(max_out))
+
+    def transform(self, x: torch.Tensor, c_out: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, c_out: int) -> torch.Tensor:
+        y = self.transform(x, c_out)
+        return F.batch_norm(
+            y, None, None, self.bn_weight[:c_out], self.bn_bias[:c_out], training=True
+        )
+
+    def flops(self, c_in: int, c_out: int, h: int, w: int) -> int:
+        """Multiply-accumulates of the op at one sample of the given output size."""
+        return 0
+
+
+def _conv_weight(c_out: int, c_in: int, k: int) -> nn.Parameter:
+    weight = torch.empty(c_out, c_in, k, k)
+    nn.init.xavier_uniform_(weight)  # learn2learn's maml_init_ for conv blocks
+    return nn.Parameter(weight)
+
+
+class Conv(SharedOp):
+    def __init__(self, max_in: int, max_out: int, kernel: int, dilation: int = 1) -> None:
+        super().__init__(max_in, max_out)
+        self.kernel, self.dilation = kernel, dilation
+        self.weight = _conv_weight(max_out, max_in, kernel)
+
+    def transform(self, x: torch.Tensor, c_out: int) -> torch.Tensor:
+        c_in = x.shape[1]
+        pad = self.dilation * (self.kernel - 1) // 2
+        return F.conv2d(x, self.weight[:c_out, :c_in], padding=pad, dilation=self.dilation)
+
+    def flops(self, c_in: int, c_out: int, h: int, w: int) -> int:
+        return c_in * c_out * self.kernel**2 * h * w
+
+
+class SepConv(SharedOp):
+    """Depthwise 3x3 then pointwise 1x1: most of a 3x3 conv's reach at a ninth of its cost."""
+
+    def __init__(self, max_in: int, max_out: int) -> None:
+        super().__init__(max_in, max_out)
+        self.depthwise = _conv_weight(max_in, 1, 3)
+        self.pointwise = _conv_weight(max_out, max_in, 1)
+
+    def transform(self, x: torch.Tensor, c_out: int) -> torch.Tensor:
+        c_in = x.shape[1]
+        x = F.conv2d(x, self.depthwise[:c_in], padding=1, groups=c_in)
+        return F.conv2d(x, self.pointwise[:c_out, :c_in])
+
+    def flops(self, c_in: int, c_out: int, h: int, w: int) -> int:
+        return (9 * c_in + c_in * c_out) * h * w
+
+
+class Pool(SharedOp):
+    """3x3 pooling (stride 1); a 1x1 projection changes the channel count when it must."""
+
+    def __init__(self, max_in: int, max_out: int, kind: str) -> None:
+        super().__init__(max_in, max_out)
+        self.kind = kind
+        self.projection = _conv_weight(max_out, max_in, 1)
+
+    def transform(self, x: torch.Tensor, c_out: int) -> torch.Tensor:
+        if self.kind == "max":
+            x = F.max_pool2d(x, 3, stride=1, padding=1)
+        elif self.kind == "avg":
+            x = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+        c_in = x.shape[1]
+        if c_in == c_out:
+            return x
+        return F.conv2d(x, self.projection[:c_out, :c_in])
+
+    def flops(self, c_in: int, c_out: int, h: int, w: int) -> int:
+        return 0 if c_in == c_out else c_in * c_out * h * w
+
+
+OPERATIONS: dict[str, Callable[[int, int], SharedOp]] = {
+    "conv3x3": lambda i, o: Conv(i, o, 3),
+    "conv5x5": lambda i, o: Conv(i, o, 5),
+    "sep_conv3x3": lambda i, o: SepConv(i, o),
+    "dil_conv3x3": lambda i, o: Conv(i, o, 3, dilation=2),
+    "max_pool3x3": lambda i, o: Pool(i, o, "max"),
+    "avg_pool3x3": lambda i, o: Pool(i, o, "avg"),
+    "skip": lambda i, o: Pool(i, o, "none"),
+}
+"""Name -> constructor ``(max_in, max_out) -> SharedOp``. A new operation is one entry here."""
+
+
+def downsample(x: torch.Tensor) -> torch.Tensor:
+    """2x2 max pooling after every layer, as in Conv-4, until the map is one pixel wide."""
+    if min(x.shape[-2:]) < 2:
+        return x
+    return F.max_pool2d(x, 2)
+
+
+def pooled_size(size: int) -> int:
+    return size if size < 2 else math.floor(size / 2)

@@ -1,0 +1,76 @@
+"""The weight-sharing SuperNet: every architecture of a search space in one module."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_metanas.ops import OPERATIONS, downsample, pooled_size
+from lightning_metanas.search_space import Architecture, SearchSpace
+
+
+class SuperNet(nn.Module):
+    """``forward(x, arch)`` runs the one subnet that ``arch`` names.
+
+    Layer ``i`` of every architecture uses the ops of slot ``i`` (so shallower subnets share
+    the first slots of deeper ones); each layer is ``op -> BatchNorm -> ReLU -> 2x2 max
+    pool``, then global average pooling and a linear head sliced to the last layer's width.
+    With every op ``conv3x3`` at width 64 and depth 4 this is exactly Conv-4, the MAML
+    baseline. Parameters of paths that ``arch`` does not use get no gradient (``None``),
+    which is why learn2learn's MAML must be built with ``allow_unused=True``.
+    """
+
+    def __init__(self, space: SearchSpace, ways: int, in_channels: int = 1) -> None:
+        super().__init__()
+        self.space, self.ways, self.in_channels = space, ways, in_channels
+        self.slots = nn.ModuleList()
+        for i in range(space.max_depth):
+            max_in = in_channels if i == 0 else space.max_width
+            self.slots.append(
+                nn.ModuleDict({op: OPERATIONS[op](max_in, space.max_width) for op in space.ops})
+            )
+        self.head_weight = nn.Parameter(torch.empty(ways, space.max_width))
+        self.head_bias = nn.Parameter(torch.zeros(ways))
+        nn.init.xavier_uniform_(self.head_weight)
+
+    def features(self, x: torch.Tensor, arch: Architecture) -> torch.Tensor:
+        for slot, op, width in zip(self.slots, arch.ops, arch.widths):
+            x = downsample(F.relu(slot[op](x, width)))
+        return x.mean(dim=(-2, -1))
+
+    def forward(self, x: torch.Tensor, arch: Architecture) -> torch.Tensor:
+        h = self.features(x, arch)
+        return F.linear(h, self.head_weight[:, : h.shape[1]], self.head_bias)
+
+    def parameters_of(self, arch: Architecture) -> list[tuple[str, nn.Parameter]]:
+        """The named parameters that ``arch`` uses (whole tensors, not the width slices)."""
+        used = [f"slots.{i}.{op}." for i, op in enumerate(arch.ops)]
+        return [
+            (name, p)
+            for name, p in self.named_parameters()
+            if name.startswith("head_") or any(name.startswith(u) for u in used)
+        ]
+
+    def num_parameters(self, arch: Architecture) -> int:
+        """Parameters of the stand-alone subnet (the slices ``arch`` reads)."""
+        count, c_in = 0, self.in_channels
+        for i, (op, width) in enumerate(zip(arch.ops, arch.widths)):
+            for name, p in self.slots[i][op].named_parameters():
+                if name.startswith("bn_"):
+                    count += width
+                elif name == "depthwise":
+                    count += c_in * p.shape[2] * p.shape[3]
+                elif name == "projection" and c_in == width:
+                    pass
+                else:
+                    count += width * c_in * p.shape[2] * p.shape[3]
+            c_in = width
+        return count + self.ways * c_in + self.ways
+
+    def flops(self, arch: Architecture, image_size: int) -> int:
+        """Multiply-accumulates of one forward pass of one image through the subnet."""
+        total, c_in, size = 0, self.in_channels, image_size
+        for i, (op, width) in enumerate(zip(arch.ops, arch.widths)):
+            total += self.slots[i][op].flops(c_in, width, size, size)
+            c_in, size = width, pooled_size(size)
+        return total + c_in * self.ways
