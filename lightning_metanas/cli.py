@@ -21,7 +21,9 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     # Adaptation at validation/test needs gradients; inference mode would forbid them.
     "inference_mode": False,
     "max_epochs": 30,
-    "logger": lazy_instance(CSVLogger, save_dir="runs", name="metanas"),
+    "log_every_n_steps": 10,
+    # flush often: the CSV file is what people (and the report) read while a run goes on
+    "logger": lazy_instance(CSVLogger, save_dir="runs", name="metanas", flush_logs_every_n_steps=10),
 }
 
 
@@ -49,6 +51,8 @@ class MetaNASCLI(LightningCLI):
                 "checkpoint.save_last": True,
                 "checkpoint.filename": "epoch{epoch:03d}",
                 "checkpoint.auto_insert_metric_name": False,
+                # after the search callback's generation, so the checkpoint holds its result
+                "checkpoint.save_on_train_epoch_end": True,
             }
         )
         # The data decides what the network's input and output look like.

@@ -1,0 +1,286 @@
+"""Evolutionary search over architecture encodings: plain Python, no Trainer.
+
+One generation is ``propose()`` (breed a pool of offspring by crossover and mutation, let the
+predictor, once trusted, pick the most promising), scoring by the caller (few-shot adaptation,
+possibly sharded over DDP ranks), and ``accept()`` (archive every score, select survivors,
+retrain the predictor when due). Keeping the scoring outside makes the algorithm testable with
+any score function, and lets the callback decide where and when scores are computed.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Literal, Optional
+
+from lightning_metanas.predictor import PerformancePredictor, PredictorConfig
+from lightning_metanas.search_space import Architecture, SearchSpace
+
+
+class EvolutionSettingsError(ValueError):
+    """An evolution setting that cannot work, named with the allowed values."""
+
+
+@dataclass
+class EvolutionConfig:
+    """Settings of the evolutionary search.
+
+    Args:
+        population_size: architectures alive at once (the meta-train step samples them).
+        offspring: new architectures scored for real per generation.
+        pool_size: offspring bred per generation before the predictor screens them down to
+            ``offspring`` (equal to ``offspring``: no screening).
+        selection: ``aging`` (regularised evolution: the oldest die) or ``tournament``
+            ((mu + lambda): the lowest-scoring die).
+        tournament_size: candidates compared when picking each parent.
+        crossover_prob: chance a child comes from crossover of two parents (then mutated).
+        mutation_prob: per-gene mutation probability.
+        tasks_per_score: validation tasks each candidate adapts to; the same tasks for every
+            candidate of a run, so scores compare.
+        rescore_population: re-score the survivors each generation on the same tasks, so that
+            selection compares everyone under the current shared weights.
+        uniform_share: share of meta-train tasks that get a uniformly sampled architecture
+            rather than a population member, so the SuperNet keeps covering the space.
+        generations_per_epoch: generations run at the end of each training epoch.
+        predictor: the performance predictor's settings.
+    """
+
+    population_size: int = 10
+    offspring: int = 6
+    pool_size: int = 24
+    selection: Literal["aging", "tournament"] = "aging"
+    tournament_size: int = 3
+    crossover_prob: float = 0.5
+    mutation_prob: float = 0.2
+    tasks_per_score: int = 20
+    rescore_population: bool = True
+    uniform_share: float = 0.25
+    generations_per_epoch: int = 1
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.predictor, dict):
+            self.predictor = PredictorConfig(**self.predictor)
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise EvolutionSettingsError(f"evolution.{message}")
+
+        need(self.population_size >= 2, f"population_size must be >= 2, got {self.population_size}")
+        need(self.offspring >= 1, f"offspring must be >= 1, got {self.offspring}")
+        need(
+            self.pool_size >= self.offspring,
+            f"pool_size ({self.pool_size}) must be >= offspring ({self.offspring})",
+        )
+        need(
+            self.selection in ("aging", "tournament"),
+            f"selection must be one of ['aging', 'tournament'], got {self.selection!r}",
+        )
+        need(
+            2 <= self.tournament_size <= self.population_size,
+            f"tournament_size must be between 2 and population_size ({self.population_size}), "
+            f"got {self.tournament_size}",
+        )
+        for name in ("crossover_prob", "mutation_prob", "uniform_share"):
+            value = getattr(self, name)
+            need(0.0 <= value <= 1.0, f"{name} must be in [0, 1], got {value}")
+        need(self.tasks_per_score >= 1, f"tasks_per_score must be >= 1, got {self.tasks_per_score}")
+        need(
+            self.generations_per_epoch >= 1,
+            f"generations_per_epoch must be >= 1, got {self.generations_per_epoch}",
+        )
+
+
+@dataclass
+class Member:
+    arch: Architecture
+    score: float
+    born: int  # generation
+    predicted: Optional[float] = None
+
+
+@dataclass
+class GenerationReport:
+    """What one generation did, for logging and for the search history."""
+
+    generation: int
+    best_arch: Architecture
+    best_score: float
+    mean_score: float
+    diversity: float
+    real_scorings: int
+    predictor_used: bool
+    predictor_tau: Optional[float]
+    new: list[Member]
+
+
+class EvolutionarySearch:
+    """Population, archive and predictor, with the moves of one generation."""
+
+    def __init__(self, space: SearchSpace, config: EvolutionConfig, seed: int = 0) -> None:
+        self.space, self.config = space, config
+        self.rng = random.Random(seed)
+        self.population: list[Member] = []  # oldest first
+        self.archive: dict[Architecture, float] = {}  # every architecture scored, latest score
+        self.predicted: dict[Architecture, float] = {}
+        self.generation = 0
+        self.history: list[dict] = []
+        self.predictor = PerformancePredictor(space, config.predictor, seed=seed)
+        self.predictor_tau: Optional[float] = None
+
+    # -- proposals -----------------------------------------------------------------------
+    def initial_population(self) -> list[Architecture]:
+        """Distinct random architectures to fill the first population."""
+        wanted = min(self.config.population_size, self.space.size())
+        archs: list[Architecture] = []
+        while len(archs) < wanted:
+            arch = self.space.sample(self.rng)
+            if arch not in archs:
+                archs.append(arch)
+        return archs
+
+    def _parent(self) -> Architecture:
+        contenders = self.rng.sample(
+            self.population, min(self.config.tournament_size, len(self.population))
+        )
+        return max(contenders, key=lambda m: m.score).arch
+
+    def breed(self, n: int) -> list[Architecture]:
+        """Up to ``n`` distinct children not in the population nor already scored."""
+        taken = {m.arch for m in self.population} | set(self.archive)
+        children: list[Architecture] = []
+        for _ in range(50 * n):
+            if len(children) == n:
+                break
+            if self.rng.random() < self.config.crossover_prob:
+                child = self.space.crossover(self._parent(), self._parent(), self.rng)
+                child = self.space.mutate(child, self.rng, self.config.mutation_prob)
+            else:
+                child = self.space.mutate(self._parent(), self.rng, self.config.mutation_prob)
+            if child not in taken and child not in children:
+                children.append(child)
+        return children
+
+    def propose(self) -> list[Architecture]:
+        """The architectures to score this generation: the first population, or offspring
+        screened by the predictor once it is trusted (random picks from the pool before)."""
+        if not self.population:
+            return self.initial_population()
+        pool = self.breed(self.config.pool_size)
+        if len(pool) <= self.config.offspring:
+            return pool
+        if self.predictor.ready:
+            predictions = self.predictor.predict(pool)
+            self.predicted.update(zip(pool, predictions))
+            ranked = sorted(zip(predictions, range(len(pool))), reverse=True)
+            return [pool[i] for _, i in ranked[: self.config.offspring]]
+        return self.rng.sample(pool, self.config.offspring)
+
+    def to_score(self, proposals: list[Architecture]) -> list[Architecture]:
+        """Everything that needs a real score this generation: proposals, plus the survivors
+        when they are re-scored under the current weights."""
+        survivors = [m.arch for m in self.population] if self.config.rescore_population else []
+        return survivors + [a for a in proposals if a not in survivors]
+
+    # -- selection -----------------------------------------------------------------------
+    def accept(self, scored: dict[Architecture, float]) -> GenerationReport:
+        """Record the scores of one generation, select the survivors, retrain the predictor
+        when due, and report."""
+        for arch, score in scored.items():
+            self.archive[arch] = float(score)
+        for member in self.population:
+            if member.arch in scored:
+                member.score = float(scored[member.arch])
+        alive = {m.arch for m in self.population}
+        new = [
+            Member(arch, float(score), self.generation, self.predicted.get(arch))
+            for arch, score in scored.items()
+            if arch not in alive
+        ]
+        self.population.extend(new)
+        excess = len(self.population) - self.config.population_size
+        if excess > 0:
+            if self.config.selection == "aging":
+                self.population = self.population[excess:]
+            else:
+                ranked = sorted(self.population, key=lambda m: m.score, reverse=True)
+                keep = {id(m) for m in ranked[: self.config.population_size]}
+                self.population = [m for m in self.population if id(m) in keep]
+        predictor_used = self.predictor.ready
+        if self.generation % self.config.predictor.retrain_every == 0:
+            self.predictor_tau = self.predictor.fit(list(self.archive), list(self.archive.values()))
+        best = self.best()
+        scores = [m.score for m in self.population]
+        report = GenerationReport(
+            generation=self.generation,
+            best_arch=best.arch,
+            best_score=best.score,
+            mean_score=sum(scores) / len(scores),
+            diversity=self.diversity(),
+            real_scorings=len(scored),
+            predictor_used=predictor_used,
+            predictor_tau=self.predictor_tau,
+            new=new,
+        )
+        self.history.append(
+            {
+                "generation": report.generation,
+                "best_arch": best.arch.to_dict(),
+                "best_score": report.best_score,
+                "mean_score": report.mean_score,
+                "diversity": report.diversity,
+                "real_scorings": report.real_scorings,
+                "predictor_tau": report.predictor_tau,
+            }
+        )
+        self.generation += 1
+        return report
+
+    def best(self) -> Member:
+        return max(self.population, key=lambda m: m.score)
+
+    def diversity(self) -> float:
+        """Mean pairwise distance of the population's encodings, normalised to [0, 1]: 0 when
+        every member is the same architecture."""
+        codes = [self.space.encode(m.arch) for m in self.population]
+        if len(codes) < 2:
+            return 0.0
+        total, pairs = 0.0, 0
+        for i in range(len(codes)):
+            for j in range(i + 1, len(codes)):
+                total += sum(abs(a - b) for a, b in zip(codes[i], codes[j]))
+                pairs += 1
+        return total / pairs / (2 * self.space.max_depth + 2)
+
+    # -- state ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Plain lists, dicts, numbers and strings (and the predictor's tensors): loadable with
+        ``torch.load(weights_only=True)``."""
+        version, internal, gauss = self.rng.getstate()
+        return {
+            "config": asdict(self.config),
+            "rng": [version, list(internal), gauss],
+            "generation": self.generation,
+            "population": [
+                {"arch": m.arch.to_dict(), "score": m.score, "born": m.born, "predicted": m.predicted}
+                for m in self.population
+            ],
+            "archive": [[a.to_dict(), s] for a, s in self.archive.items()],
+            "predicted": [[a.to_dict(), s] for a, s in self.predicted.items()],
+            "history": self.history,
+            "predictor": self.predictor.state_dict(),
+            "predictor_tau": self.predictor_tau,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.generation = state["generation"]
+        self.population = [
+            Member(Architecture.from_dict(m["arch"]), m["score"], m["born"], m["predicted"])
+            for m in state["population"]
+        ]
+        self.archive = {Architecture.from_dict(a): s for a, s in state["archive"]}
+        self.predicted = {Architecture.from_dict(a): s for a, s in state["predicted"]}
+        self.history = list(state["history"])
+        self.predictor.load_state_dict(state["predictor"])
+        self.predictor_tau = state["predictor_tau"]

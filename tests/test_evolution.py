@@ -1,0 +1,128 @@
+"""The evolutionary search and the predictor as plain Python, with a known score function."""
+import random
+
+import pytest
+import torch
+
+from lightning_metanas.evolution import EvolutionarySearch, EvolutionConfig, EvolutionSettingsError
+from lightning_metanas.predictor import PerformancePredictor, PredictorConfig
+from lightning_metanas.samplers import PopulationSampler
+from lightning_metanas.search_space import SearchSpace
+
+SPACE = SearchSpace()
+
+
+def toy_score(arch):
+    """Known optimum: every layer conv5x5 at width 64, five layers deep."""
+    ops = sum(op == "conv5x5" for op in arch.ops) / 5
+    widths = sum(w / 64 for w in arch.widths) / 5
+    return 0.5 * ops + 0.3 * widths + 0.2 * (arch.depth == 5)
+
+
+def run(config, generations, seed=0, score=toy_score):
+    search = EvolutionarySearch(SPACE, config, seed=seed)
+    for _ in range(generations):
+        archs = search.to_score(search.propose())
+        search.accept({a: score(a) for a in archs})
+    return search
+
+
+def random_search_best(budget, seed):
+    rng = random.Random(seed)
+    return max(toy_score(SPACE.sample(rng)) for _ in range(budget))
+
+
+def test_evolution_beats_random_search_at_equal_budget():
+    config = EvolutionConfig(
+        population_size=10, offspring=6, pool_size=6, rescore_population=False,
+        predictor=PredictorConfig(retrain_every=100),  # no screening here: EA alone
+    )
+    evo, rnd = [], []
+    for seed in range(5):
+        search = run(config, 15, seed=seed)
+        evo.append(search.best().score)
+        rnd.append(random_search_best(len(search.archive), seed))
+        assert len(search.archive) == 10 + 14 * 6  # every scoring is a new architecture
+    assert sum(evo) / 5 > sum(rnd) / 5 + 0.05, (evo, rnd)
+
+
+def test_population_size_and_selection_rules():
+    aging = run(EvolutionConfig(population_size=8, offspring=4, pool_size=4, selection="aging"), 5)
+    assert len(aging.population) == 8
+    assert [m.born for m in aging.population] == sorted(m.born for m in aging.population)
+    assert min(m.born for m in aging.population) == 3  # the oldest died first
+    tour = run(EvolutionConfig(population_size=8, offspring=4, pool_size=4, selection="tournament"), 5)
+    survivors = sorted(m.score for m in tour.population)
+    assert survivors == sorted(tour.archive.values())[-8:]  # (mu + lambda): the best survive
+
+
+def test_history_and_archive_are_deduplicated_and_complete():
+    search = run(EvolutionConfig(population_size=6, offspring=3, pool_size=9), 6)
+    assert [h["generation"] for h in search.history] == list(range(6))
+    assert len(set(search.archive)) == len(search.archive)
+    best = [h["best_score"] for h in search.history]
+    assert best[-1] == search.best().score
+
+
+def test_predictor_learns_the_ranking_and_screens_offspring():
+    config = EvolutionConfig(
+        population_size=10, offspring=4, pool_size=24, predictor=PredictorConfig(min_archive=20)
+    )
+    search = run(config, 8)
+    assert search.predictor.ready and search.predictor_tau is not None
+    assert search.predictor_tau > 0.3
+    # screened offspring have a recorded prediction, and predictions rank like the truth
+    assert search.predicted
+    predicted = list(search.predicted.items())
+    truth = torch.tensor([toy_score(a) for a, _ in predicted])
+    pred = torch.tensor([p for _, p in predicted])
+    from torchmetrics.functional.regression import kendall_rank_corrcoef
+
+    assert float(kendall_rank_corrcoef(pred, truth)) > 0.3
+
+
+def test_predictor_does_not_steer_until_enough_data():
+    predictor = PerformancePredictor(SPACE, PredictorConfig(min_archive=30))
+    rng = random.Random(0)
+    archs = [SPACE.sample(rng) for _ in range(20)]
+    predictor.fit(archs, [toy_score(a) for a in archs])
+    assert not predictor.ready
+    more = archs + [SPACE.sample(rng) for _ in range(20)]
+    predictor.fit(more, [toy_score(a) for a in more])
+    assert predictor.ready
+
+
+def test_state_dict_round_trip_gives_the_same_next_generation(tmp_path):
+    config = EvolutionConfig(population_size=8, offspring=4, pool_size=16, predictor=PredictorConfig(min_archive=12))
+    search = run(config, 4)
+    path = tmp_path / "state.pt"
+    torch.save(search.state_dict(), path)
+    restored = EvolutionarySearch(SPACE, config, seed=123)  # seed is overwritten by the state
+    restored.load_state_dict(torch.load(path, weights_only=True))
+    assert restored.propose() == search.propose()
+    assert restored.population == search.population and restored.archive == search.archive
+
+
+def test_population_sampler_mixes_uniform_samples():
+    rng = random.Random(0)
+    population = [SPACE.sample(rng) for _ in range(3)]
+    sampler = PopulationSampler(SPACE, population, population[0], uniform_share=0.25)
+    draws = [sampler.sample(rng) for _ in range(400)]
+    share = sum(d not in population for d in draws) / 400
+    assert 0.15 < share < 0.35
+    assert sampler.best() == population[0]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"population_size": 1}, "evolution.population_size must be >= 2"),
+        ({"offspring": 8, "pool_size": 4}, r"evolution.pool_size \(4\) must be >= offspring \(8\)"),
+        ({"selection": "roulette"}, "evolution.selection must be one of"),
+        ({"population_size": 4, "tournament_size": 5}, "tournament_size must be between 2 and"),
+        ({"uniform_share": 1.5}, r"uniform_share must be in \[0, 1\]"),
+    ],
+)
+def test_bad_evolution_settings_name_the_setting(kwargs, message):
+    with pytest.raises(EvolutionSettingsError, match=message):
+        EvolutionConfig(**kwargs)
