@@ -1,22 +1,49 @@
-"""Few-shot adaptation of one subnet: the only module that talks to learn2learn's MAML.
+"""Few-shot adaptation of one subnet and its meta-gradient: the only module that talks to
+learn2learn.
 
 Everything else in the project asks this seam for "the query loss after adapting ``arch`` on
-this support set" and never sees ``clone()``/``adapt()``, so a change of learn2learn (or a
-move to a functional implementation) touches this file alone.
+this support set" (``meta_loss``), for "the meta-gradient of that loss" (``meta_gradient``) or
+for "the accuracy after adaptation" (``evaluate``) and never sees how the adaptation is done.
+
+Two implementations of the same inner loop live here:
+
+* learn2learn's ``MAML`` (``TaskAdapter.adapt``: ``clone()`` + ``adapt()``), the documented
+  reference. It clones *every* SuperNet parameter for every task and differentiates through
+  all of them, although a subnet uses a small fraction.
+* a functional one (``torch.func.functional_call``) over only the parameters the architecture
+  uses (``SuperNet.parameters_of``), which the hot paths (meta-training, evaluation) take:
+  no module is cloned, and parameters the subnet does not use never enter a graph. It is
+  tested to give the same adapted weights and meta-gradients as learn2learn's.
+
+Meta-gradient modes (``MetaConfig.meta_gradient``):
+
+* ``second_order``: the exact MAML meta-gradient, by autograd through all inner steps
+  (``create_graph=True``).
+* ``first_order``: FOMAML, the query gradient at the adapted weights.
+* ``finite_difference``: the second-order meta-gradient without a second-order graph. The
+  query gradient ``v`` is carried back through the inner SGD steps
+  ``theta_{i+1} = theta_i - lr * grad L_s(theta_i)``, whose vector-Jacobian product is
+  ``v - lr * H_i v``, with the Hessian-vector product approximated by central differences of
+  support gradients, ``H_i v ~ (grad L_s(theta_i + eps v) - grad L_s(theta_i - eps v)) / 2 eps``
+  and ``eps = fd_epsilon / ||v||`` (the approximation DARTS uses for its architecture
+  gradient). Only first-order graphs are ever built, one at a time: memory stays at
+  first-order level, the gradient near second-order.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal, Optional, Sequence
 
 import learn2learn as l2l
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call
 
 from lightning_metanas.search_space import Architecture
 from lightning_metanas.supernet import SuperNet
 
-MetaGradient = Literal["first_order", "second_order"]
+MetaGradient = Literal["first_order", "second_order", "finite_difference"]
+META_GRADIENTS: tuple[str, ...] = ("first_order", "second_order", "finite_difference")
 
 
 @dataclass
@@ -28,8 +55,13 @@ class MetaConfig:
         inner_steps: adaptation steps per task during meta-training.
         eval_inner_steps: adaptation steps per task at validation and meta-test.
         meta_lr: Adam learning rate of the outer (meta) update.
-        meta_gradient: ``first_order`` (FOMAML) or ``second_order`` (exact MAML gradient
-            through the inner steps).
+        meta_gradient: ``first_order`` (FOMAML), ``second_order`` (exact MAML gradient
+            through the inner steps) or ``finite_difference`` (the second-order gradient with
+            its Hessian-vector products approximated by central differences of gradients:
+            close to ``second_order``, at the memory of ``first_order``).
+        fd_epsilon: scale of the finite-difference step: the parameters move by
+            ``eps = fd_epsilon / ||v||`` along the vector ``v`` whose Hessian product is
+            approximated, i.e. by a distance of ``fd_epsilon`` (``finite_difference`` only).
     """
 
     inner_lr: float = 0.4
@@ -37,18 +69,19 @@ class MetaConfig:
     eval_inner_steps: int = 3
     meta_lr: float = 0.003
     meta_gradient: MetaGradient = "first_order"
+    fd_epsilon: float = 0.01
 
     def __post_init__(self) -> None:
-        for name in ("inner_lr", "meta_lr"):
+        for name in ("inner_lr", "meta_lr", "fd_epsilon"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"model.meta.{name} must be > 0, got {getattr(self, name)}")
         for name in ("inner_steps", "eval_inner_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"model.meta.{name} must be an integer >= 1, got {value}")
-        if self.meta_gradient not in ("first_order", "second_order"):
+        if self.meta_gradient not in META_GRADIENTS:
             raise ValueError(
-                f"model.meta.meta_gradient must be one of ['first_order', 'second_order'], "
+                f"model.meta.meta_gradient must be one of {list(META_GRADIENTS)}, "
                 f"got {self.meta_gradient!r}"
             )
 
@@ -59,27 +92,93 @@ class TaskResult:
     accuracy: torch.Tensor  # query accuracy after adaptation (a detached scalar)
 
 
-class TaskAdapter:
-    """Adapts a subnet to one task with learn2learn's MAML and measures it on the query set.
+@dataclass
+class TaskGradient:
+    """One task's meta-gradient, computed explicitly (no graph is left behind)."""
 
-    Holds the MAML wrapper as a plain attribute (not a registered submodule) so the SuperNet's
-    parameters appear once in the LightningModule's state dict.
+    loss: torch.Tensor  # query loss after adaptation (detached scalar)
+    accuracy: torch.Tensor  # query accuracy after adaptation (detached scalar)
+    params: list[torch.nn.Parameter]  # the SuperNet parameters the architecture uses
+    grads: list[Optional[torch.Tensor]]  # d loss / d param; None where the subnet never reads it
+
+
+Grads = list[Optional[torch.Tensor]]
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """A batch of images ``[N, C, H, W]`` in channels-last memory layout (same values).
+
+    On CPU, oneDNN convolutions then produce channels-last maps, on which max pooling runs
+    ~10x and batch norm ~2x faster than on NCHW maps (measured: ``bench/meta_step.py
+    --variants``). With one channel NCHW and NHWC strides are both valid, and
+    ``Tensor.contiguous(memory_format=...)`` keeps the NCHW ones, so the layout is built
+    explicitly.
+    """
+    if x.dim() != 4:
+        return x
+    n, c, h, w = x.shape
+    out = torch.empty((n, h, w, c), dtype=x.dtype, device=x.device).permute(0, 3, 1, 2)
+    return out.copy_(x)
+
+
+class TaskAdapter:
+    """Adapts a subnet to one task and measures it on the query set.
+
+    Holds the learn2learn wrapper as a plain attribute (not a registered submodule) so the
+    SuperNet's parameters appear once in the LightningModule's state dict.
+
+    Memory layout: where it is measured faster (``bench/meta_step.py --variants``), images
+    are put in channels-last layout before the forward passes. Only the second-order support
+    passes stay NCHW: their double-backward (batch-norm's above all) is slower on
+    channels-last maps.
     """
 
-    def __init__(self, supernet: SuperNet, inner_lr: float) -> None:
+    def __init__(self, supernet: SuperNet, inner_lr: float, fd_epsilon: float = 0.01) -> None:
+        if not fd_epsilon > 0:
+            raise ValueError(f"fd_epsilon must be > 0, got {fd_epsilon}")
         self.supernet = supernet
+        self.inner_lr = inner_lr
+        self.fd_epsilon = fd_epsilon
         # allow_unused: the subnet leaves most SuperNet paths unused; their gradient is None
         # and learn2learn must skip them rather than fail.
         self.maml = l2l.algorithms.MAML(supernet, lr=inner_lr, allow_unused=True)
 
+    # -- learn2learn reference ---------------------------------------------------------------
     def adapt(
         self, arch: Architecture, x: torch.Tensor, y: torch.Tensor, steps: int, create_graph: bool
     ) -> l2l.algorithms.MAML:
+        """learn2learn's ``clone()``/``adapt()``: a whole adapted SuperNet, usable as
+        ``learner(x, arch)``. The reference the functional path is tested against; the hot
+        paths use the functional path (no clone of unused parameters)."""
         learner = self.maml.clone()
         for _ in range(steps):
             loss = F.cross_entropy(learner(x, arch), y)
             learner.adapt(loss, first_order=not create_graph)
         return learner
+
+    # -- functional inner loop ---------------------------------------------------------------
+    def _forward(self, arch: Architecture, names: Sequence[str]) -> Callable:
+        supernet = self.supernet
+
+        def forward(params: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+            # strict=False: the parameters the subnet does not use stay the module's own and
+            # are never read.
+            return functional_call(supernet, dict(zip(names, params)), (x, arch), strict=False)
+
+        return forward
+
+    def _used(self, arch: Architecture) -> tuple[list[str], list[torch.nn.Parameter]]:
+        used = self.supernet.parameters_of(arch)
+        return [n for n, _ in used], [p for _, p in used]
+
+    def _sgd_step(
+        self, params: Sequence[torch.Tensor], grads: Grads, detach: bool
+    ) -> list[torch.Tensor]:
+        lr = self.inner_lr
+        return [
+            p if g is None else p - lr * (g.detach() if detach else g)
+            for p, g in zip(params, grads)
+        ]
 
     def meta_loss(
         self,
@@ -89,11 +188,97 @@ class TaskAdapter:
         steps: int,
         second_order: bool,
     ) -> TaskResult:
-        """The query loss after ``steps`` inner steps, differentiable w.r.t. the SuperNet."""
-        learner = self.adapt(arch, *support, steps=steps, create_graph=second_order)
-        logits = learner(query[0], arch)
+        """The query loss after ``steps`` inner steps, differentiable w.r.t. the SuperNet (its
+        gradient is the first- or second-order meta-gradient)."""
+        names, leaves = self._used(arch)
+        forward = self._forward(arch, names)
+        xs, ys = support
+        if not second_order:
+            xs = channels_last(xs)
+        params: list[torch.Tensor] = list(leaves)
+        for _ in range(steps):
+            loss = F.cross_entropy(forward(params, xs), ys)
+            grads = torch.autograd.grad(
+                loss, params, create_graph=second_order, allow_unused=True
+            )
+            params = self._sgd_step(params, grads, detach=not second_order)
+        logits = forward(params, channels_last(query[0]))
         loss = F.cross_entropy(logits, query[1])
-        return TaskResult(loss, (logits.argmax(-1) == query[1]).float().mean().detach())
+        return TaskResult(loss, _accuracy(logits, query[1]))
+
+    def meta_gradient(
+        self,
+        arch: Architecture,
+        support: tuple[torch.Tensor, torch.Tensor],
+        query: tuple[torch.Tensor, torch.Tensor],
+        steps: int,
+        mode: MetaGradient,
+        fd_epsilon: Optional[float] = None,
+    ) -> TaskGradient:
+        """The task's query loss after ``steps`` inner steps and its meta-gradient w.r.t. the
+        parameters ``arch`` uses, computed here and now: each task's graphs are freed before
+        the next task starts, so memory holds one task's graph, not a meta-batch's.
+        ``fd_epsilon`` overrides the adapter's for ``finite_difference``."""
+        names, leaves = self._used(arch)
+        forward = self._forward(arch, names)
+        if mode == "second_order":
+            result = self.meta_loss(arch, support, query, steps, second_order=True)
+            grads = torch.autograd.grad(result.loss, leaves, allow_unused=True)
+            return TaskGradient(result.loss.detach(), result.accuracy, leaves, list(grads))
+        if mode not in ("first_order", "finite_difference"):
+            raise ValueError(f"unknown meta-gradient mode {mode!r}; one of {list(META_GRADIENTS)}")
+
+        xs, ys = channels_last(support[0]), support[1]
+        reached = [False] * len(leaves)  # whether any gradient ever reached the parameter
+
+        def support_grad(theta: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+            theta = [t.detach().requires_grad_() for t in theta]
+            loss = F.cross_entropy(forward(theta, xs), ys)
+            grads = torch.autograd.grad(loss, theta, allow_unused=True)
+            out = []
+            for i, (t, g) in enumerate(zip(theta, grads)):
+                reached[i] |= g is not None
+                out.append(torch.zeros_like(t) if g is None else g)
+            return out
+
+        with torch.enable_grad():
+            thetas = [[p.detach() for p in leaves]]
+            for _ in range(steps):
+                grads = support_grad(thetas[-1])
+                thetas.append([t - self.inner_lr * g for t, g in zip(thetas[-1], grads)])
+            adapted = [t.requires_grad_() for t in thetas[-1]]
+            logits = forward(adapted, channels_last(query[0]))
+            loss = F.cross_entropy(logits, query[1])
+            query_grads = torch.autograd.grad(loss, adapted, allow_unused=True)
+        for i, g in enumerate(query_grads):
+            reached[i] |= g is not None
+        v = [torch.zeros_like(t) if g is None else g for t, g in zip(adapted, query_grads)]
+        if mode == "finite_difference":
+            fd_epsilon = self.fd_epsilon if fd_epsilon is None else fd_epsilon
+            if not fd_epsilon > 0:
+                raise ValueError(f"fd_epsilon must be > 0, got {fd_epsilon}")
+            for theta in reversed(thetas[:-1]):
+                v = self._fd_vjp_of_sgd_step(theta, v, support_grad, fd_epsilon)
+        grads_out: Grads = [g if r else None for g, r in zip(v, reached)]
+        return TaskGradient(loss.detach(), _accuracy(logits, query[1]), leaves, grads_out)
+
+    def _fd_vjp_of_sgd_step(
+        self,
+        theta: Sequence[torch.Tensor],
+        v: Sequence[torch.Tensor],
+        support_grad: Callable[[Sequence[torch.Tensor]], list[torch.Tensor]],
+        fd_epsilon: float,
+    ) -> list[torch.Tensor]:
+        """``(I - lr H) v`` for the SGD step taken at ``theta``, with ``H v`` by central
+        differences of support gradients at ``theta +- eps v``, ``eps = fd_epsilon / ||v||``."""
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in v]))
+        if not torch.isfinite(norm) or norm == 0:
+            return list(v)
+        eps = fd_epsilon / float(norm)
+        plus = support_grad([t + eps * d for t, d in zip(theta, v)])
+        minus = support_grad([t - eps * d for t, d in zip(theta, v)])
+        scale = self.inner_lr / (2 * eps)
+        return [d - scale * (gp - gm) for d, gp, gm in zip(v, plus, minus)]
 
     @torch.enable_grad()  # adaptation needs gradients even inside validation / test loops
     def evaluate(
@@ -103,8 +288,21 @@ class TaskAdapter:
         query: tuple[torch.Tensor, torch.Tensor],
         steps: int,
     ) -> TaskResult:
-        learner = self.adapt(arch, *support, steps=steps, create_graph=False)
+        """Query loss and accuracy after ``steps`` inner steps (nothing differentiable)."""
+        names, leaves = self._used(arch)
+        forward = self._forward(arch, names)
+        xs, ys = channels_last(support[0]), support[1]
+        params = [p.detach() for p in leaves]
+        for _ in range(steps):
+            params = [p.requires_grad_() for p in params]
+            loss = F.cross_entropy(forward(params, xs), ys)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            params = [p.detach() for p in self._sgd_step(params, grads, detach=True)]
         with torch.no_grad():
-            logits = learner(query[0], arch)
+            logits = forward(params, channels_last(query[0]))
             loss = F.cross_entropy(logits, query[1])
-        return TaskResult(loss, (logits.argmax(-1) == query[1]).float().mean())
+        return TaskResult(loss, _accuracy(logits, query[1]))
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return (logits.argmax(-1) == labels).float().mean().detach()

@@ -101,25 +101,36 @@ class MetaNASModule(pl.LightningModule):
 
     # -- meta-training -------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """One meta-batch: every task's meta-gradient is computed explicitly (and its graph
+        freed) by the adapter; the step returns a surrogate of the mean query loss whose value
+        is that loss and whose gradient w.r.t. the SuperNet is the mean meta-gradient, so
+        Lightning's one ``backward()`` per meta-batch (and DDP's gradient averaging in it)
+        applies it. Memory holds one task's graph at a time, not a meta-batch's."""
         support_x, support_y, query_x, query_y = batch
+        batch_size = support_x.shape[0]
         losses, accuracies = [], []
+        total: dict[torch.nn.Parameter, torch.Tensor] = {}  # parameter -> summed meta-gradient
         rng = self.step_rng()
-        for t in range(support_x.shape[0]):
+        for t in range(batch_size):
             arch = self.sampler.sample(rng)
-            result = self.adapter.meta_loss(
+            result = self.adapter.meta_gradient(
                 arch,
                 (support_x[t], support_y[t]),
                 (query_x[t], query_y[t]),
                 steps=self.meta.inner_steps,
-                second_order=self.meta.meta_gradient == "second_order",
+                mode=self.meta.meta_gradient,
+                fd_epsilon=self.meta.fd_epsilon,
             )
+            for p, g in zip(result.params, result.grads):
+                if g is not None:
+                    total[p] = total[p] + g if p in total else g
             losses.append(result.loss)
             accuracies.append(result.accuracy)
         loss = torch.stack(losses).mean()
-        batch_size = support_x.shape[0]
+        surrogate = sum(((p * (g / batch_size)).sum() for p, g in total.items()), loss.new_zeros(()))
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/acc", torch.stack(accuracies).mean(), prog_bar=True, batch_size=batch_size)
-        return loss
+        return surrogate - surrogate.detach() + loss
 
     # -- evaluation ----------------------------------------------------------------------
     def _evaluate_batch(self, batch, metric: TaskAccuracy) -> None:
