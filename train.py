@@ -8,7 +8,10 @@
 """
 from __future__ import annotations
 
+import sys
+
 from lightning_metanas.cli import build_cli
+from lightning_metanas.errors import SettingsError
 
 
 def main(args: list[str] | None = None) -> None:
@@ -30,4 +33,7 @@ def main(args: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":  # the guard lets ddp_spawn re-import this file safely
-    main()
+    try:
+        main()
+    except SettingsError as err:  # a user's mistake: one line that says what to change
+        sys.exit(f"error: {err}")

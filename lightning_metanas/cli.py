@@ -41,18 +41,28 @@ class MetaNASCLI(LightningCLI):
             default=True,
             help="Meta-test the best checkpoint on the test split after training.",
         )
-        # Always on (as --checkpoint.*): the best checkpoint by validation accuracy, and last.ckpt
-        # to resume from.
+        # Always on (as --checkpoint.* and --last_checkpoint.*): the best checkpoint by
+        # validation accuracy, and last.ckpt, rewritten every epoch to resume from. Two
+        # callbacks, because Lightning 2.6 writes ``save_last`` only in epochs that also
+        # improved the monitored metric, which would resume a run from a stale epoch.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/acc",
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
                 "checkpoint.filename": "epoch{epoch:03d}",
                 "checkpoint.auto_insert_metric_name": False,
                 # after the search callback's generation, so the checkpoint holds its result
                 "checkpoint.save_on_train_epoch_end": True,
+            }
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.set_defaults(
+            {
+                "last_checkpoint.filename": "last",
+                "last_checkpoint.save_top_k": 1,
+                "last_checkpoint.save_on_train_epoch_end": True,
+                "last_checkpoint.enable_version_counter": False,
             }
         )
         # The data decides what the network's input and output look like.

@@ -12,11 +12,12 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Literal, Optional
 
+from lightning_metanas.errors import SettingsError
 from lightning_metanas.predictor import PerformancePredictor, PredictorConfig
 from lightning_metanas.search_space import Architecture, SearchSpace
 
 
-class EvolutionSettingsError(ValueError):
+class EvolutionSettingsError(SettingsError):
     """An evolution setting that cannot work, named with the allowed values."""
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torchmetrics.functional.regression import kendall_rank_corrcoef
 
+from lightning_metanas.errors import SettingsError
 from lightning_metanas.search_space import Architecture, SearchSpace
 
 
@@ -37,13 +38,13 @@ class PredictorConfig:
 
     def __post_init__(self) -> None:
         if self.min_archive < 4:
-            raise ValueError(f"evolution.predictor.min_archive must be >= 4, got {self.min_archive}")
+            raise SettingsError(f"evolution.predictor.min_archive must be >= 4, got {self.min_archive}")
         if self.retrain_every < 1:
-            raise ValueError(
+            raise SettingsError(
                 f"evolution.predictor.retrain_every must be >= 1, got {self.retrain_every}"
             )
         if not 0.0 < self.holdout < 1.0:
-            raise ValueError(f"evolution.predictor.holdout must be in (0, 1), got {self.holdout}")
+            raise SettingsError(f"evolution.predictor.holdout must be in (0, 1), got {self.holdout}")
 
 
 class PerformancePredictor:

@@ -13,10 +13,11 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lightning_metanas.errors import SettingsError
 from lightning_metanas.ops import OPERATIONS
 
 
-class ArchitectureError(ValueError):
+class ArchitectureError(SettingsError):
     """An architecture, or a search-space setting, that the search space cannot hold."""
 
 

@@ -8,8 +8,10 @@ torch.
 
 from __future__ import annotations
 
+from lightning_metanas.errors import SettingsError
 
-class DataError(ValueError):
+
+class DataError(SettingsError):
     """A dataset is missing, unreadable, or incompatible with the requested task settings."""
 
 

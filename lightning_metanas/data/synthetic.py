@@ -25,6 +25,7 @@ def make_synthetic(
     image_size: int = 28,
     channels: int = 1,
     noise: float = 0.1,
+    flip: float = 0.2,
     seed: int = 0,
 ) -> LabelledImages:
     """``num_classes * per_class`` images ``[C, S, S]`` in [0, 1], grouped by class.
@@ -41,8 +42,11 @@ def make_synthetic(
     generator = torch.Generator().manual_seed(seed)
     grid = min(7, image_size)
     coarse = (torch.rand(num_classes, channels, grid, grid, generator=generator) > 0.5).float()
-    prototypes = F.interpolate(coarse, size=(image_size, image_size), mode="nearest")
-    images = prototypes.repeat_interleave(per_class, dim=0)
+    # Each sample flips a share of its prototype's cells: one-shot tasks are then learnable but
+    # not solved at a glance, so accuracies (and search scores) differ between learners.
+    flips = torch.rand(num_classes * per_class, channels, grid, grid, generator=generator) < flip
+    samples = (coarse.repeat_interleave(per_class, dim=0) + flips.float()) % 2
+    images = F.interpolate(samples, size=(image_size, image_size), mode="nearest")
     images = images + noise * torch.randn(images.shape, generator=generator)
     labels = torch.arange(num_classes).repeat_interleave(per_class)
     names = [f"synthetic/class{c:03d}" for c in range(num_classes)]

@@ -1,0 +1,148 @@
+"""End to end: train.py, eval.py and the search, as a user runs them (subprocesses)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNTHETIC = [
+    "--data.dataset=synthetic", "--data.image_size=14", "--data.ways=3", "--data.queries=2",
+    "--data.meta_batch_size=4", "--data.train_batches=3", "--data.val_tasks=6",
+    "--data.test_tasks=6", "--data.eval_batch_size=3", "--trainer.enable_progress_bar=false",
+    "--trainer.log_every_n_steps=1",
+    "--model.search_space.widths=[8,16]", "--model.search_space.depths=[2,3]",
+]
+SEARCH = [
+    "--config", "configs/search_quick.yaml",
+    "--trainer.callbacks.init_args.evolution.population_size=4",
+    "--trainer.callbacks.init_args.evolution.offspring=2",
+    "--trainer.callbacks.init_args.evolution.pool_size=6",
+    "--trainer.callbacks.init_args.evolution.tournament_size=2",
+    "--trainer.callbacks.init_args.evolution.tasks_per_score=4",
+    "--trainer.callbacks.init_args.evolution.predictor.min_archive=6",
+]
+
+
+def run(script, *args, cwd=ROOT, check=True):
+    env = dict(os.environ, PYTHONWARNINGS="ignore", WANDB_MODE="disabled")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True,
+        env=env, timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} {args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def logs(tmp_path, name):
+    return [f"--trainer.logger.init_args.save_dir={tmp_path}", f"--trainer.logger.init_args.name={name}"]
+
+
+def test_fast_dev_run_of_train_py_on_omniglot():
+    proc = run("train.py", "--config", "configs/omniglot_5w1s.yaml", "--trainer.fast_dev_run=true",
+               "--trainer.enable_progress_bar=false")
+    assert "meta-test:" in proc.stdout and "5-way 1-shot" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data.ways=0"], "data.ways must be a positive integer"),
+        (["--data.root=/no/such/dir"], "/no/such/dir"),
+        (["--data.shots=10", "--data.queries=15"], "data.shots"),
+        (["--model.search_space.ops=[conv3x3,conv9x9]"], "unknown operation(s) ['conv9x9']"),
+        (["--model.eval_arch=/no/arch.json"], "architecture file /no/arch.json does not exist"),
+    ],
+)
+def test_bad_settings_fail_with_one_clear_line(args, message):
+    proc = run("train.py", *args, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_train_then_eval_a_checkpoint(tmp_path):
+    run("train.py", *SYNTHETIC, *logs(tmp_path, "plain"), "--trainer.max_epochs=2")
+    run_dir = tmp_path / "plain" / "version_0"
+    assert (run_dir / "config.yaml").is_file()  # the config actually used, next to checkpoints/
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    metrics = (run_dir / "metrics.csv").read_text().splitlines()
+    assert {"val/acc", "val/acc_ci95", "train/loss"} <= set(metrics[0].split(","))
+    out = run("eval.py", "--ckpt_path", str(ckpt), "--test_tasks", "9").stdout
+    assert "over 9 tasks, 3-way 1-shot" in out
+    again = run("eval.py", "--ckpt_path", str(ckpt), "--test_tasks", "9").stdout
+    assert out.splitlines()[-1] == again.splitlines()[-1]  # seeded: same command, same number
+
+
+@pytest.mark.slow
+def test_search_writes_best_arch_history_and_metrics(tmp_path):
+    run("train.py", *SEARCH, *SYNTHETIC, *logs(tmp_path, "search"), "--trainer.max_epochs=3")
+    ckpt_dir = tmp_path / "search" / "version_0" / "checkpoints"
+    history = json.loads((ckpt_dir / "search_history.json").read_text())
+    assert [h["generation"] for h in history] == [0, 1, 2]
+    best = json.loads((ckpt_dir / "best_arch.json").read_text())
+    assert best == history[-1]["best_arch"]
+    header = (tmp_path / "search" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+    for key in ("search/best_score", "search/mean_score", "search/diversity",
+                "search/real_scorings", "search/predictor_tau"):
+        assert key in header
+    out = run("eval.py", "--ckpt_path", str(ckpt_dir / "last.ckpt"), "--arch",
+              str(ckpt_dir / "best_arch.json"), "--test_tasks", "6").stdout
+    assert "-".join(f"{o}@{w}" for o, w in zip(best["ops"], best["widths"])) in out
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_next_generation(tmp_path):
+    run("train.py", *SEARCH, *SYNTHETIC, *logs(tmp_path, "full"), "--trainer.max_epochs=3")
+    run("train.py", *SEARCH, *SYNTHETIC, *logs(tmp_path, "cut"), "--trainer.max_epochs=2")
+    cut = tmp_path / "cut" / "version_0" / "checkpoints" / "last.ckpt"
+    run("train.py", *SEARCH, *SYNTHETIC, *logs(tmp_path, "cut"), "--trainer.max_epochs=3",
+        f"--ckpt_path={cut}")
+    full = json.loads((tmp_path / "full/version_0/checkpoints/search_history.json").read_text())
+    resumed = json.loads((tmp_path / "cut/version_1/checkpoints/search_history.json").read_text())
+    assert len(full) == len(resumed) == 3
+    assert resumed == full  # same architectures, same scores, same best, generation by generation
+    a = torch.load(tmp_path / "full/version_0/checkpoints/last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "cut/version_1/checkpoints/last.ckpt", weights_only=True)
+    for name, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][name]), name
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_share_population_and_shard_scoring(tmp_path):
+    from lightning_metanas.data import EpisodicDataModule
+    from lightning_metanas.module import MetaNASModule
+    from lightning_metanas.scoring import score_architectures, stack_tasks
+    from lightning_metanas.search_space import Architecture
+
+    dump = tmp_path / "ranks"
+    run("train.py", *SEARCH, *SYNTHETIC, *logs(tmp_path, "ddp"), "--trainer.max_epochs=2",
+        "--trainer.accelerator=cpu", "--trainer.devices=2",
+        "--trainer.strategy=ddp_find_unused_parameters_true",
+        "--trainer.callbacks+=tests.probes.RankStateDump", f"--trainer.callbacks.out_dir={dump}",
+        "--test=false")
+    for epoch in (0, 1):
+        r0 = json.loads((dump / f"rank0_epoch{epoch}.json").read_text())
+        r1 = json.loads((dump / f"rank1_epoch{epoch}.json").read_text())
+        assert r0["population"] == r1["population"] and len(r0["population"]) == 4
+        assert r0["weights_l1"] == r1["weights_l1"]  # averaged meta-gradients: same weights
+        # each rank meta-trained on its own tasks (rank-offset task sampling)
+        assert r0["first_support_images_sum"] != r1["first_support_images_sum"]
+    # sharded scoring == single-process scoring of the same candidates with the same weights
+    ckpt_path = tmp_path / "ddp/version_0/checkpoints/last.ckpt"
+    checkpoint = torch.load(ckpt_path, weights_only=True)
+    state = next(v for k, v in checkpoint["callbacks"].items() if "EvolutionCallback" in k)
+    model = MetaNASModule.load_from_checkpoint(ckpt_path, weights_only=True)
+    settings = next(v for k, v in checkpoint.items() if k.endswith("EpisodicDataModule"))["settings"]
+    data = EpisodicDataModule(**settings)
+    data.setup("fit")
+    val = data.task_dataset("val")
+    tasks = stack_tasks([val[i] for i in range(4)])
+    archs = [Architecture.from_dict(m["arch"]) for m in state["population"]]
+    scores = score_architectures(model.adapter, archs, tasks, model.meta.eval_inner_steps)
+    assert scores == pytest.approx([m["score"] for m in state["population"]], abs=1e-6)
