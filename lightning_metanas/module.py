@@ -14,6 +14,7 @@ from typing import Optional
 import pytorch_lightning as pl
 import torch
 
+from lightning_metanas.errors import SettingsError
 from lightning_metanas.maml import MetaConfig, TaskAdapter
 from lightning_metanas.metrics import TaskAccuracy
 from lightning_metanas.samplers import ArchitectureSampler, FixedSampler, UniformSampler
@@ -57,7 +58,7 @@ class MetaNASModule(pl.LightningModule):
         search_space = _as_settings(SearchSpace, search_space)
         meta = _as_settings(MetaConfig, meta)
         if ways < 2:
-            raise ValueError(f"model.ways must be >= 2, got {ways}")
+            raise SettingsError(f"model.ways (data.ways) must be >= 2, got {ways}")
         self.save_hyperparameters(
             {
                 "ways": ways,
@@ -74,20 +75,21 @@ class MetaNASModule(pl.LightningModule):
         self.supernet = SuperNet(search_space, ways, image_channels)
         self.adapter = TaskAdapter(self.supernet, meta.inner_lr)
         self.sampler: ArchitectureSampler = self._initial_sampler(train_arch)
-        self.eval_arch = self._load_arch(eval_arch) if eval_arch else None
+        self.eval_arch = self.load_architecture(eval_arch) if eval_arch else None
         self.val_accuracy = TaskAccuracy()
         self.test_accuracy = TaskAccuracy()
         self.last_result: dict[str, dict[str, float]] = {}  # split -> acc, acc_ci95, tasks
 
     # -- architectures -------------------------------------------------------------------
-    def _load_arch(self, spec: str) -> Architecture:
+    def load_architecture(self, spec: str) -> Architecture:
+        """``reference`` (Conv-4) or an architecture JSON file, checked against the space."""
         if spec == "reference":
             return self.space.reference()
         return self.space.validate(Architecture.load(spec))
 
     def _initial_sampler(self, train_arch: Optional[str]) -> ArchitectureSampler:
         if train_arch:
-            return FixedSampler(self._load_arch(train_arch))
+            return FixedSampler(self.load_architecture(train_arch))
         return UniformSampler(self.space)
 
     def evaluated_architecture(self) -> Architecture:
@@ -168,3 +170,14 @@ class MetaNASModule(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.supernet.parameters(), lr=self.meta.meta_lr)
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # So that a checkpoint alone (eval.py, no search callback) evaluates what the run did.
+        checkpoint["evaluated_arch"] = self.evaluated_architecture().to_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "evaluated_arch" in checkpoint and isinstance(self.sampler, UniformSampler):
+            self.sampler = UniformSampler(
+                self.space, best=Architecture.from_dict(checkpoint["evaluated_arch"])
+            )
