@@ -8,7 +8,9 @@
 """
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 from lightning_metanas.cli import build_cli
 from lightning_metanas.errors import SettingsError
@@ -30,6 +32,12 @@ def main(args: list[str] | None = None) -> None:
             f"({data.ways}-way {data.shots}-shot), architecture {arch}"
             + (f", checkpoint {best}" if best else "")
         )
+        if trainer.checkpoint_callback and trainer.checkpoint_callback.dirpath and not trainer.fast_dev_run:
+            # next to config.yaml and checkpoints/, for `python -m lightning_metanas.report`
+            record = {k: result[k] for k in ("acc", "acc_ci95")} | {"tasks": int(result["tasks"])}
+            record |= {"ways": data.ways, "shots": data.shots, "arch": arch.to_dict(), "checkpoint": best}
+            path = Path(trainer.checkpoint_callback.dirpath).parent / "test_result.json"
+            path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":  # the guard lets ddp_spawn re-import this file safely
