@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
+from callbacks.progress import scoring_progress
 from lightning_metanas.evolution import EvolutionarySearch, EvolutionConfig, GenerationReport
 from lightning_metanas.samplers import PopulationSampler
 from lightning_metanas.scoring import Tasks, score_architectures, stack_tasks
@@ -41,6 +42,7 @@ class EvolutionCallback(Callback):
         self._restored: Optional[dict] = None
         self._tasks: Optional[Tasks] = None
         self.last_report: Optional[GenerationReport] = None
+        self._export_dir: Optional[Path] = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -51,6 +53,8 @@ class EvolutionCallback(Callback):
             self._restored = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Resolved here on every rank (trainer.log_dir may broadcast), never inside rank-0 code.
+        self._export_dir = None if trainer.fast_dev_run else self.export_dir(trainer)
         if self._restored is not None:  # restored after setup (resume)
             self.search.load_state_dict(self._restored)
             self._restored = None
@@ -88,9 +92,12 @@ class EvolutionCallback(Callback):
         rank, world = trainer.global_rank, trainer.world_size
         tasks = self.scoring_tasks(trainer, pl_module)
         mine = list(range(rank, len(archs), world))
-        local = score_architectures(
-            pl_module.adapter, [archs[i] for i in mine], tasks, pl_module.meta.eval_inner_steps
-        )
+        description = f"generation {self.search.generation}: scoring"
+        with scoring_progress(trainer, len(mine), description) as advance:
+            local = score_architectures(
+                pl_module.adapter, [archs[i] for i in mine], tasks,
+                pl_module.meta.eval_inner_steps, progress=advance,
+            )
         scores = torch.zeros(len(archs), dtype=torch.float64, device=pl_module.device)
         scores[mine] = torch.tensor(local, dtype=torch.float64, device=pl_module.device)
         if world > 1:
@@ -153,7 +160,7 @@ class EvolutionCallback(Callback):
         pl_module.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=False)
 
     def _export(self, trainer: pl.Trainer, search: EvolutionarySearch) -> None:
-        directory = self.export_dir(trainer)
+        directory = self._export_dir
         if directory is None:
             return
         directory.mkdir(parents=True, exist_ok=True)

@@ -30,15 +30,13 @@ a collective call; the only collective it can reach (``trainer.log_dir`` inside
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Optional
 
 import pytorch_lightning as pl
 import yaml
-from pytorch_lightning.callbacks import Callback, RichProgressBar, TQDMProgressBar
+from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import WandbLogger
 
 from callbacks.evolution import EvolutionCallback
@@ -324,45 +322,4 @@ class SearchTrackingCallback(Callback):
         return evolution[0].search
 
 
-@contextlib.contextmanager
-def scoring_progress(trainer: pl.Trainer, total: int, description: str = "scoring") -> Iterator[Callable[[int], None]]:
-    """A progress callable for ``score_architectures(..., progress=...)``: a task on the
-    trainer's Rich progress bar (or a tqdm bar under ``TQDMProgressBar``) on global rank zero,
-    removed when the block ends; a no-op elsewhere, with the bar disabled, or without one.
-    Makes no collective call, so every rank may enter it.
-
-        with scoring_progress(trainer, len(archs), f"generation {g}: scoring") as advance:
-            scores = score_architectures(adapter, archs, tasks, steps, progress=advance)
-    """
-    bar = trainer.progress_bar_callback
-    if not trainer.is_global_zero or bar is None or not bar.is_enabled or total <= 0:
-        yield lambda n=1: None
-        return
-    if isinstance(bar, RichProgressBar) and bar.progress is not None:
-        progress = bar.progress
-        task = progress.add_task(f"[{bar.theme.description}]{description}", total=total)
-
-        def advance_rich(n: int = 1) -> None:
-            progress.update(task, advance=n)
-            bar.refresh()
-
-        try:
-            yield advance_rich
-        finally:
-            progress.remove_task(task)
-            bar.refresh()
-        return
-    if isinstance(bar, TQDMProgressBar):
-        from pytorch_lightning.callbacks.progress.tqdm_progress import Tqdm
-
-        tqdm_bar = Tqdm(total=total, desc=description, leave=False, dynamic_ncols=True, file=sys.stdout,
-                        position=2 * bar.process_position + 1)
-        try:
-            yield lambda n=1: tqdm_bar.update(n)
-        finally:
-            tqdm_bar.close()
-        return
-    yield lambda n=1: None
-
-
-__all__ = ["SearchTrackingCallback", "scoring_progress", "POPULATION_COLUMNS"]
+__all__ = ["SearchTrackingCallback", "POPULATION_COLUMNS"]

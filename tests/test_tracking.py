@@ -168,7 +168,7 @@ def test_scoring_progress_advances_a_rich_task_and_removes_it(tmp_path):
     from pytorch_lightning.callbacks import Callback, RichProgressBar
     from pytorch_lightning.demos.boring_classes import BoringModel
 
-    from callbacks.tracking import scoring_progress
+    from callbacks.progress import scoring_progress
 
     seen = []
 
