@@ -231,7 +231,9 @@ def test_train_tasks_change_per_epoch_and_rank_and_resume(omniglot_dm):
     epoch0 = list(dm.train_dataloader())
     epoch1 = list(dm.train_dataloader())  # a plain loop: each pass is a new epoch
     assert not _same(epoch0[0], epoch1[0])
-    assert dm.state_dict() == {"train_next_epoch": 2}
+    assert dm.state_dict()["train_next_epoch"] == 2
+    assert dm.state_dict()["settings"] == dm.settings()  # what eval.py rebuilds the data from
+    assert EpisodicDataModule(**dm.settings()).settings() == dm.settings()
 
     resumed = EpisodicDataModule(root=str(OMNIGLOT), **SMALL)
     resumed.setup("fit")
@@ -280,7 +282,7 @@ def test_plain_trainer_gives_new_tasks_each_epoch_and_checkpoints_counter(tmp_pa
 
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     ckpt = torch.load(tmp_path / "last.ckpt", weights_only=True)
-    assert ckpt["EpisodicDataModule"] == {"train_next_epoch": 2}
+    assert ckpt["EpisodicDataModule"]["train_next_epoch"] == 2
 
 
 # ---------------------------------------------------------------------------------------
