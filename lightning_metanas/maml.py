@@ -28,17 +28,29 @@ Meta-gradient modes (``MetaConfig.meta_gradient``):
   and ``eps = fd_epsilon / ||v||`` (the approximation DARTS uses for its architecture
   gradient). Only first-order graphs are ever built, one at a time: memory stays at
   first-order level, the gradient near second-order.
+
+Tasks run in parallel on CPU (``TaskAdapter.meta_gradients``): a few worker threads, each
+with one intra-op thread and its own structural copy of the SuperNet (sharing the parameter
+tensors), instead of one task at a time with torch's intra-op threads. The per-task tensors
+of few-shot learning (5 images) are too small for intra-op parallelism to pay, and when the
+cores are shared, OpenMP's barriers stall; see BENCHMARKS.md for what each measured.
 """
 from __future__ import annotations
 
+import copy
+import itertools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional, Sequence
+from typing import Callable, Iterator, Literal, Optional, Sequence
 
 import learn2learn as l2l
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from lightning_metanas.errors import SettingsError
 from lightning_metanas.search_space import Architecture
 from lightning_metanas.supernet import SuperNet
 
@@ -72,15 +84,21 @@ class MetaConfig:
     fd_epsilon: float = 0.01
 
     def __post_init__(self) -> None:
+        # SettingsError: a user's mistake, printed by the entry points as one line.
         for name in ("inner_lr", "meta_lr", "fd_epsilon"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"model.meta.{name} must be > 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+                0 < value < float("inf")
+            ):
+                raise SettingsError(
+                    f"model.meta.{name} must be a finite number > 0, got {value!r}"
+                )
         for name in ("inner_steps", "eval_inner_steps"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"model.meta.{name} must be an integer >= 1, got {value}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SettingsError(f"model.meta.{name} must be an integer >= 1, got {value!r}")
         if self.meta_gradient not in META_GRADIENTS:
-            raise ValueError(
+            raise SettingsError(
                 f"model.meta.meta_gradient must be one of {list(META_GRADIENTS)}, "
                 f"got {self.meta_gradient!r}"
             )
@@ -103,6 +121,7 @@ class TaskGradient:
 
 
 Grads = list[Optional[torch.Tensor]]
+_USED_CACHE_SIZE = 1024  # architectures whose used-parameter lookup is cached
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -121,11 +140,61 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
     return out.copy_(x)
 
 
+class _TaskThreads:
+    """Worker threads for per-task work on CPU.
+
+    Each worker runs with one intra-op thread (set in the worker itself: torch's setting is
+    per thread; the process-wide default is restored afterwards) and, because
+    ``functional_call`` swaps tensors on the module it is given, calls its own structural copy
+    of the SuperNet, whose parameters are the SuperNet's own tensors (nothing is copied).
+    """
+
+    def __init__(self, supernet: SuperNet, workers: int) -> None:
+        self.pid, self.workers, self.supernet = os.getpid(), workers, supernet
+        self.local = threading.local()
+        ready = threading.Barrier(workers + 1)
+
+        def init() -> None:
+            self.local.worker = True
+            torch.set_num_threads(1)
+            torch.get_num_threads()  # settle this thread's intra-op settings now
+            ready.wait(timeout=120)
+
+        default = torch.get_num_threads()
+        self.executor = ThreadPoolExecutor(workers, "metanas-task", initializer=init)
+        for _ in range(workers):  # each blocks in init until all exist: `workers` threads
+            self.executor.submit(int)
+        ready.wait(timeout=120)
+        torch.set_num_threads(default)
+
+    def in_worker(self) -> bool:
+        return getattr(self.local, "worker", False)
+
+    def module(self) -> SuperNet:
+        net = getattr(self.local, "supernet", None)
+        if net is None:
+            shared = itertools.chain(self.supernet.parameters(), self.supernet.buffers())
+            net = copy.deepcopy(self.supernet, {id(t): t for t in shared})
+            self.local.supernet = net
+        return net
+
+    def map(self, fn: Callable, items: Sequence) -> Iterator:
+        return self.executor.map(fn, items)
+
+
 class TaskAdapter:
     """Adapts a subnet to one task and measures it on the query set.
 
     Holds the learn2learn wrapper as a plain attribute (not a registered submodule) so the
     SuperNet's parameters appear once in the LightningModule's state dict.
+
+    Args:
+        supernet: the weight-sharing network.
+        inner_lr: SGD step size of the adaptation.
+        fd_epsilon: finite-difference scale (``eps = fd_epsilon / ||v||``).
+        workers: threads that ``meta_gradients`` spreads the tasks of a meta-batch over, on
+            CPU; ``None``: as many as torch's intra-op threads; 1: one task after the other
+            in the calling thread.
 
     Memory layout: where it is measured faster (``bench/meta_step.py --variants``), images
     are put in channels-last layout before the forward passes. Only the second-order support
@@ -133,15 +202,37 @@ class TaskAdapter:
     channels-last maps.
     """
 
-    def __init__(self, supernet: SuperNet, inner_lr: float, fd_epsilon: float = 0.01) -> None:
+    def __init__(
+        self,
+        supernet: SuperNet,
+        inner_lr: float,
+        fd_epsilon: float = 0.01,
+        workers: Optional[int] = None,
+    ) -> None:
         if not fd_epsilon > 0:
             raise ValueError(f"fd_epsilon must be > 0, got {fd_epsilon}")
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers must be >= 1 or None, got {workers}")
         self.supernet = supernet
         self.inner_lr = inner_lr
         self.fd_epsilon = fd_epsilon
+        self.workers = workers
+        self._threads: Optional[_TaskThreads] = None
+        self._used_slots: dict[Architecture, list[tuple[str, torch.nn.Module, str]]] = {}
+        self._lock = threading.Lock()
         # allow_unused: the subnet leaves most SuperNet paths unused; their gradient is None
         # and learn2learn must skip them rather than fail.
         self.maml = l2l.algorithms.MAML(supernet, lr=inner_lr, allow_unused=True)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_threads"] = None  # threads are per process; rebuilt on first use
+        state["_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     # -- learn2learn reference ---------------------------------------------------------------
     def adapt(
@@ -158,18 +249,32 @@ class TaskAdapter:
 
     # -- functional inner loop ---------------------------------------------------------------
     def _forward(self, arch: Architecture, names: Sequence[str]) -> Callable:
-        supernet = self.supernet
+        threads = self._threads
+        in_worker = threads is not None and threads.in_worker()
+        supernet = threads.module() if in_worker else self.supernet
 
         def forward(params: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
             # strict=False: the parameters the subnet does not use stay the module's own and
-            # are never read.
-            return functional_call(supernet, dict(zip(names, params)), (x, arch), strict=False)
+            # are never read. tie_weights=False: the SuperNet ties none, and looking for ties
+            # walks every SuperNet parameter (measured: it tripled functional_call's cost).
+            params = dict(zip(names, params))
+            return functional_call(supernet, params, (x, arch), strict=False, tie_weights=False)
 
         return forward
 
     def _used(self, arch: Architecture) -> tuple[list[str], list[torch.nn.Parameter]]:
-        used = self.supernet.parameters_of(arch)
-        return [n for n, _ in used], [p for _, p in used]
+        with self._lock:  # worker threads share the cache
+            slots = self._used_slots.pop(arch, None)
+            if slots is None:  # parameters_of walks the whole SuperNet: cache (LRU) per arch
+                slots = []
+                for name, _ in self.supernet.parameters_of(arch):
+                    module, _, attr = name.rpartition(".")
+                    slots.append((name, self.supernet.get_submodule(module), attr))
+                if len(self._used_slots) >= _USED_CACHE_SIZE:
+                    self._used_slots.pop(next(iter(self._used_slots)))
+            self._used_slots[arch] = slots  # (re)inserted last: most recently used
+        # read the parameters now (not cached): whatever replaced them is what is used
+        return [n for n, _, _ in slots], [m._parameters[a] for _, m, a in slots]
 
     def _sgd_step(
         self, params: Sequence[torch.Tensor], grads: Grads, detach: bool
@@ -206,6 +311,41 @@ class TaskAdapter:
         loss = F.cross_entropy(logits, query[1])
         return TaskResult(loss, _accuracy(logits, query[1]))
 
+    def meta_gradients(
+        self,
+        archs: Sequence[Architecture],
+        batch: Sequence[torch.Tensor],
+        steps: int,
+        mode: MetaGradient,
+        fd_epsilon: Optional[float] = None,
+    ) -> Iterator[TaskGradient]:
+        """``meta_gradient`` of every task of a meta-batch ``(support_x, support_y, query_x,
+        query_y)`` (leading task axis; task ``t`` adapts ``archs[t]``), in task order. On CPU
+        the tasks are spread over worker threads (see ``workers``)."""
+        support_x, support_y, query_x, query_y = batch
+
+        def task(t: int) -> TaskGradient:
+            return self.meta_gradient(
+                archs[t], (support_x[t], support_y[t]), (query_x[t], query_y[t]),
+                steps, mode, fd_epsilon,
+            )
+
+        threads = self._task_threads(len(archs), support_x.device)
+        if threads is None:
+            return (task(t) for t in range(len(archs)))
+        return threads.map(task, range(len(archs)))
+
+    def _task_threads(self, tasks: int, device: torch.device) -> Optional[_TaskThreads]:
+        workers = torch.get_num_threads() if self.workers is None else self.workers
+        if workers < 2 or tasks < 2 or device.type != "cpu":
+            return None
+        threads = self._threads
+        if threads is None or threads.pid != os.getpid() or threads.workers != workers:
+            if threads is not None and threads.pid == os.getpid():
+                threads.executor.shutdown(wait=False)
+            self._threads = threads = _TaskThreads(self.supernet, workers)
+        return threads
+
     def meta_gradient(
         self,
         arch: Architecture,
@@ -222,8 +362,9 @@ class TaskAdapter:
         names, leaves = self._used(arch)
         forward = self._forward(arch, names)
         if mode == "second_order":
-            result = self.meta_loss(arch, support, query, steps, second_order=True)
-            grads = torch.autograd.grad(result.loss, leaves, allow_unused=True)
+            with torch.enable_grad():
+                result = self.meta_loss(arch, support, query, steps, second_order=True)
+                grads = torch.autograd.grad(result.loss, leaves, allow_unused=True)
             return TaskGradient(result.loss.detach(), result.accuracy, leaves, list(grads))
         if mode not in ("first_order", "finite_difference"):
             raise ValueError(f"unknown meta-gradient mode {mode!r}; one of {list(META_GRADIENTS)}")

@@ -107,22 +107,21 @@ class MetaNASModule(pl.LightningModule):
         freed) by the adapter; the step returns a surrogate of the mean query loss whose value
         is that loss and whose gradient w.r.t. the SuperNet is the mean meta-gradient, so
         Lightning's one ``backward()`` per meta-batch (and DDP's gradient averaging in it)
-        applies it. Memory holds one task's graph at a time, not a meta-batch's."""
+        applies it. Memory holds one task's graph per worker thread, not a meta-batch's."""
         support_x, support_y, query_x, query_y = batch
         batch_size = support_x.shape[0]
         losses, accuracies = [], []
         total: dict[torch.nn.Parameter, torch.Tensor] = {}  # parameter -> summed meta-gradient
         rng = self.step_rng()
-        for t in range(batch_size):
-            arch = self.sampler.sample(rng)
-            result = self.adapter.meta_gradient(
-                arch,
-                (support_x[t], support_y[t]),
-                (query_x[t], query_y[t]),
-                steps=self.meta.inner_steps,
-                mode=self.meta.meta_gradient,
-                fd_epsilon=self.meta.fd_epsilon,
-            )
+        archs = [self.sampler.sample(rng) for _ in range(batch_size)]
+        results = self.adapter.meta_gradients(  # on CPU, tasks run on parallel threads
+            archs,
+            batch,
+            steps=self.meta.inner_steps,
+            mode=self.meta.meta_gradient,
+            fd_epsilon=self.meta.fd_epsilon,
+        )
+        for result in results:
             for p, g in zip(result.params, result.grads):
                 if g is not None:
                     total[p] = total[p] + g if p in total else g

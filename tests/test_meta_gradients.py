@@ -255,3 +255,51 @@ def test_meta_config_validates_the_new_settings():
         MetaConfig(meta_gradient="third_order")
     with pytest.raises(ValueError, match="fd_epsilon"):
         TaskAdapter(_supernet(), 0.1, fd_epsilon=-1.0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_parallel_tasks_give_the_sequential_meta_gradients(mode):
+    net = _supernet()
+    batch = _batch(tasks=4, seed=11)
+    archs = [ARCHS[t % len(ARCHS)] for t in range(4)]
+    threads_before = torch.get_num_threads()
+    parallel = list(
+        TaskAdapter(net, 0.3, workers=2).meta_gradients(archs, batch, steps=2, mode=mode)
+    )
+    assert torch.get_num_threads() == threads_before  # the process setting is left alone
+    sequential = list(
+        TaskAdapter(net, 0.3, workers=1).meta_gradients(archs, batch, steps=2, mode=mode)
+    )
+    for p, s in zip(parallel, sequential):
+        assert [id(x) for x in p.params] == [id(x) for x in s.params]
+        torch.testing.assert_close(p.loss, s.loss, rtol=1e-6, atol=0)
+        for a, b in zip(p.grads, s.grads):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_adapter_pickles_after_using_threads():
+    import pickle
+
+    net = _supernet()
+    adapter = TaskAdapter(net, 0.3, workers=2)
+    batch = _batch(tasks=2)
+    list(adapter.meta_gradients([ARCHS[0]] * 2, batch, steps=1, mode="first_order"))
+    clone = pickle.loads(pickle.dumps(adapter))
+    assert clone._threads is None
+    results = list(clone.meta_gradients([ARCHS[0]] * 2, batch, steps=1, mode="first_order"))
+    assert all(torch.isfinite(g).all() for r in results for g in r.grads if g is not None)
+
+
+def test_module_deepcopies_and_pickles_with_its_adapter():
+    import copy
+    import pickle
+
+    module = _module("first_order")
+    with pytest.warns(UserWarning):
+        module.training_step(_batch(), 0)  # starts the worker threads
+    for clone in (copy.deepcopy(module), pickle.loads(pickle.dumps(module))):
+        assert clone.adapter.supernet is clone.supernet
+        with pytest.warns(UserWarning):
+            assert torch.isfinite(clone.training_step(_batch(), 0))
