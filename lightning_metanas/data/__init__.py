@@ -31,3 +31,7 @@ __all__ = [
     "synthetic_split",
     "task_seed",
 ]
+
+from .folder import IMAGE_SUFFIXES, load_image_folder, split_image_folder  # noqa: E402
+
+__all__ += ["IMAGE_SUFFIXES", "load_image_folder", "split_image_folder"]

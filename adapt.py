@@ -1,0 +1,196 @@
+#!/usr/bin/env python
+"""Adapt a meta-trained checkpoint to a new task given as a labelled image folder.
+
+    python adapt.py --ckpt_path runs/search_quick/version_0/checkpoints/last.ckpt --data_root my_task/
+    python adapt.py --ckpt_path ... --data_root my_task/ --warm_start false   # the comparison
+    python adapt.py --help                                                    # every setting
+
+``--data_root`` holds one folder per class, ``my_task/<class>/<image>`` (PNG, JPEG, BMP, GIF;
+any number of classes, at least 2 images each). Each class is split into train and validation
+(``--val_fraction``, seeded). Then:
+
+1. a short architecture search on the task: ``--budget`` real scorings of the project's
+   evolutionary search, each fine-tuning a candidate from the meta-weights for a few steps
+   on part of the train split and measuring it on another part. Warm start (default): the
+   initial population is the checkpoint's meta-population and the meta-trained predictor
+   screens offspring (when it was trusted). ``--warm_start false``: the same budget and
+   meta-weights, a random initial population and no predictor.
+2. the best architecture is fine-tuned from the meta-weights on the whole train split and its
+   validation accuracy reported, with the wall time of both phases.
+
+Prints one line, ``adapt: warm-start search of N scorings in Xs, fine-tune in Ys: validation
+accuracy Z% on C classes (n_val images), architecture <arch>``, and with ``--out`` writes the
+result as JSON. A bad input stops it with one line ``error: <what to change>`` (exit status
+2). The checkpoint is loaded with ``torch.load(weights_only=True)``: nothing in it is executed.
+See ``lightning_metanas/adaptation.py`` for the details.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+from jsonargparse import ArgumentParser
+
+from lightning_metanas.adaptation import AdaptConfig, adapt
+from lightning_metanas.data.folder import list_image_folder, load_image_folder, split_image_folder
+from lightning_metanas.errors import SettingsError
+from lightning_metanas.module import MetaNASModule
+
+
+class CheckpointError(SettingsError):
+    """A checkpoint that cannot be adapted from, with what to do about it."""
+
+
+def parse(args: Optional[list[str]] = None):
+    parser = ArgumentParser(description="Adapt a meta-trained lightning_metanas checkpoint to a labelled image folder.")
+    parser.add_argument("--ckpt_path", type=str, required=True, help="Meta-trained checkpoint (.ckpt).")
+    parser.add_argument("--data_root", type=str, required=True,
+                        help="Labelled image folder: data_root/<class>/<image>.")
+    parser.add_argument("--image_size", type=Optional[int], default=None,
+                        help="Side the images are resized to (default: the checkpoint's).")
+    parser.add_argument("--channels", type=Optional[int], default=None,
+                        help="1 (grayscale) or 3 (RGB); must match the checkpoint (default: its value).")
+    parser.add_argument("--invert", type=Optional[bool], default=None,
+                        help="Store 1 - x (ink = 1 for dark-on-light drawings; default: true for a "
+                             "checkpoint meta-trained on Omniglot, whose pipeline does this).")
+    parser.add_argument("--val_fraction", type=float, default=0.25,
+                        help="Share of each class held out for the final validation accuracy.")
+    parser.add_argument("--out", type=Optional[str], default=None, help="Write the result as JSON here.")
+    defaults = AdaptConfig()
+    helps = {
+        "budget": "Real scorings of the architecture search.",
+        "warm_start": "Start from the meta-population with the meta-predictor; false: random "
+                      "population, no predictor (same budget, same meta-weights).",
+        "population_size": "Population of the task search (default: the checkpoint's, capped by --budget).",
+        "offspring": "Architectures scored per generation (default: the checkpoint's).",
+        "init": "meta: fine-tune from the meta-weights; random: from a fresh SuperNet (reference).",
+        "head": "auto: keep the meta-learned head if the task has the checkpoint's ways, else a "
+                "zero head of the task's classes; zero: always a zero head.",
+        "score_tasks": "Support/query partitions of the train split each candidate is scored on.",
+        "score_shots": "Support images per class in a scoring partition.",
+        "score_queries": "Held-out query images per class in a scoring partition.",
+        "score_steps": "SGD steps at the meta inner lr before scoring (default: the checkpoint's eval_inner_steps).",
+        "finetune_steps": "Steps of the final fine-tuning on the train split.",
+        "lr": "Learning rate of the final fine-tuning.",
+        "optimizer": "adam or sgd, for the final fine-tuning.",
+        "batch_size": "Mini-batch size of the final fine-tuning.",
+        "seed": "Seed of the split, the search, the scoring partitions and the mini-batches.",
+    }
+    types = {"budget": int, "warm_start": bool, "population_size": Optional[int], "offspring": Optional[int],
+             "init": str, "head": str, "score_tasks": int, "score_shots": int, "score_queries": int,
+             "score_steps": Optional[int], "finetune_steps": int, "lr": float, "optimizer": str,
+             "batch_size": int, "seed": int}
+    for name, help_text in helps.items():
+        parser.add_argument(f"--{name}", type=types[name], default=getattr(defaults, name), help=help_text)
+    return parser.parse_args(args)
+
+
+def read_checkpoint(path: str) -> dict:
+    if not Path(path).is_file():
+        raise CheckpointError(f"--ckpt_path {path}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated file, or one that needs code to unpickle
+        raise CheckpointError(
+            f"--ckpt_path {path} cannot be read as a checkpoint with weights_only=True: {err}"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise CheckpointError(f"--ckpt_path {path} is not a checkpoint written by train.py")
+    return checkpoint
+
+
+def search_state(checkpoint: dict) -> Optional[dict]:
+    """The EvolutionCallback's state (``EvolutionarySearch.state_dict()``), if the run had one."""
+    for key, state in (checkpoint.get("callbacks") or {}).items():
+        if "EvolutionCallback" in key and state:
+            return state
+    return None
+
+
+def data_settings(checkpoint: dict) -> dict:
+    for key, state in checkpoint.items():
+        if key.endswith("EpisodicDataModule") and isinstance(state, dict) and "settings" in state:
+            return dict(state["settings"])
+    return {}
+
+
+def main(args: Optional[list[str]] = None) -> dict:
+    cli = parse(args)
+    settings = {name: cli[name] for name in AdaptConfig.__dataclass_fields__}
+    config = AdaptConfig(**settings)
+    if not Path(cli.ckpt_path).is_file():
+        raise CheckpointError(f"--ckpt_path {cli.ckpt_path}: no such file")
+    list_image_folder(cli.data_root)  # layout errors before the checkpoint is read
+    checkpoint = read_checkpoint(cli.ckpt_path)
+    hparams, data = checkpoint["hyper_parameters"], data_settings(checkpoint)
+    image_size = cli.image_size or data.get("image_size") or hparams.get("image_size", 28)
+    model_channels = int(hparams.get("image_channels", 1))
+    channels = model_channels if cli.channels is None else cli.channels
+    if channels != model_channels:
+        raise SettingsError(
+            f"--channels {channels}: the checkpoint's SuperNet takes {model_channels}-channel "
+            f"images; use --channels {model_channels}"
+        )
+    invert = cli.invert if cli.invert is not None else data.get("dataset") == "omniglot"
+    images = load_image_folder(cli.data_root, image_size=image_size, channels=channels, invert=invert)
+    train, val = split_image_folder(images, cli.val_fraction, seed=config.seed)
+
+    torch.manual_seed(config.seed)
+    model = MetaNASModule.load_from_checkpoint(cli.ckpt_path, map_location="cpu", weights_only=True)
+    result = adapt(model.supernet, model.meta, train, val, config, search_state(checkpoint))
+
+    mode = "warm-start" if config.warm_start else "from-scratch"
+    print(
+        f"adapt: {mode} search of {result.scorings} scorings in {result.search_seconds:.1f}s, "
+        f"fine-tune in {result.finetune_seconds:.1f}s: validation accuracy "
+        f"{100 * result.val_acc:.2f}% on {images.num_classes} classes ({len(val.labels)} images), "
+        f"architecture {result.arch}"
+    )
+    record = {
+        "arch": result.arch.to_dict(),
+        "val_acc": result.val_acc,
+        "search_seconds": result.search_seconds,
+        "finetune_seconds": result.finetune_seconds,
+        "warm_start": config.warm_start,
+        "budget": config.budget,
+        "seed": config.seed,
+        "scorings": result.scorings,
+        "search_score": result.search_score,
+        "generations": result.generations,
+        "predictor_used": result.predictor_used,
+        "classes": images.num_classes,
+        "n_train": len(train.labels),
+        "n_val": len(val.labels),
+        "init": config.init,
+        "head": result.head,
+        "image_size": image_size,
+        "channels": channels,
+        "invert": invert,
+        "settings": settings,
+        "ckpt_path": cli.ckpt_path,
+        "data_root": cli.data_root,
+        "scored": result.scored,
+    }
+    if cli.out:
+        out = Path(cli.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def cli_main(args: Optional[list[str]] = None) -> int:
+    """The command line: a bad input is one line ``error: <message>`` on stderr and exit
+    status 2 (as for a usage error the parser reports), never a traceback."""
+    try:
+        main(args)
+    except SettingsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main())

@@ -1,0 +1,293 @@
+"""adapt.py: a labelled image folder, a short search on it warm-started from the meta-search
+(or from scratch), fine-tuning from the meta-weights; the folder loader and its errors."""
+import json
+from collections import Counter
+import os
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from lightning_metanas.adaptation import (
+    AdaptConfig,
+    adapt,
+    adaptation_evolution_config,
+    meta_population,
+    scoring_tasks,
+    search_architecture,
+    task_network,
+)
+from lightning_metanas.data import DataError, LabelledImages, load_image_folder, split_image_folder
+from lightning_metanas.errors import SettingsError
+from lightning_metanas.evolution import EvolutionarySearch, EvolutionConfig
+from lightning_metanas.maml import MetaConfig, TaskAdapter
+from lightning_metanas.predictor import PredictorConfig
+from lightning_metanas.search_space import Architecture, SearchSpace
+from lightning_metanas.supernet import SuperNet
+from tests.test_train import ROOT, SEARCH, SYNTHETIC
+
+sys.path.insert(0, str(ROOT))
+import adapt as adapt_cli  # noqa: E402
+
+SHAPES = ("disc", "frame", "hbars", "vbars")
+LINE = re.compile(
+    r"^adapt: (warm-start|from-scratch) search of (\d+) scorings in [\d.]+s, fine-tune in "
+    r"[\d.]+s: validation accuracy ([\d.]+)% on (\d+) classes \((\d+) images\), architecture (\S+)$"
+)
+
+
+def draw(kind: str, rng: random.Random, size: int = 28) -> Image.Image:
+    """A white shape on black (ink = 1, like the synthetic meta-training data), jittered in
+    position and size: four classes a small conv net tells apart from a few examples."""
+    img = Image.new("L", (size, size), 0)
+    pen = ImageDraw.Draw(img)
+    cx, cy, r = size // 2 + rng.randint(-3, 3), size // 2 + rng.randint(-3, 3), rng.randint(6, 9)
+    box = [cx - r, cy - r, cx + r, cy + r]
+    if kind == "disc":
+        pen.ellipse(box, fill=255)
+    elif kind == "frame":
+        pen.rectangle(box, outline=255, width=2)
+    elif kind == "hbars":
+        for y in range(box[1], box[3], 4):
+            pen.line([box[0], y, box[2], y], fill=255, width=2)
+    else:
+        for x in range(box[0], box[2], 4):
+            pen.line([x, box[1], x, box[3]], fill=255, width=2)
+    return img
+
+
+def write_shapes(root: Path, per_class: int = 8, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    for kind in SHAPES:
+        (root / kind).mkdir(parents=True)
+        for i in range(per_class):
+            draw(kind, rng).save(root / kind / f"{i:02d}.png")
+    return root
+
+
+def start(*args):
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, str(ROOT / "adapt.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc, expect=0):
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == expect, f"{proc.args} exited {proc.returncode}:\n{out[-2000:]}\n{err[-4000:]}"
+    return out, err
+
+
+# -- the image folder ----------------------------------------------------------------------
+def test_load_image_folder_shapes_labels_formats_and_split(tmp_path):
+    rng = random.Random(1)
+    counts = {"b_frame": 6, "a_disc": 5, "c_bars": 4}
+    for name, n in counts.items():
+        (tmp_path / name).mkdir()
+        for i in range(n):
+            img = draw({"a_disc": "disc", "b_frame": "frame", "c_bars": "hbars"}[name], rng)
+            suffix = [".png", ".jpg", ".bmp", ".gif", ".JPEG"][i % 5]
+            (img.convert("RGB") if i == 0 else img).save(tmp_path / name / f"{i}{suffix}")
+    (tmp_path / ".DS_Store").write_bytes(b"\0")  # hidden files are ignored
+    data = load_image_folder(tmp_path, image_size=14)
+    assert data.images.shape == (15, 1, 14, 14) and data.images.dtype == torch.float32
+    assert data.class_names == ["a_disc", "b_frame", "c_bars"]  # folder-name order
+    assert data.labels.tolist() == [0] * 5 + [1] * 6 + [2] * 4
+    assert 0.0 <= float(data.images.min()) and float(data.images.max()) <= 1.0
+    assert float(data.images.mean()) < 0.5  # white shapes on black: mostly 0
+    inverted = load_image_folder(tmp_path, image_size=14, invert=True)
+    assert torch.allclose(inverted.images, 1 - data.images)
+    assert load_image_folder(tmp_path, image_size=9, channels=3).images.shape == (15, 3, 9, 9)
+
+    train, val = split_image_folder(data, val_fraction=0.25, seed=0)
+    assert val.labels.tolist() == [0] + [1, 1] + [2]  # round(n / 4), at least 1 per class
+    assert train.labels.bincount().tolist() == [4, 4, 3]
+    assert train.class_names == val.class_names == data.class_names
+    again_train, again_val = split_image_folder(data, val_fraction=0.25, seed=0)
+    assert torch.equal(again_val.images, val.images) and torch.equal(again_train.images, train.images)
+    other = [split_image_folder(data, 0.25, seed=s)[1].images for s in range(1, 6)]
+    assert any(not torch.equal(o, val.images) for o in other)  # the seed matters
+    def rows(images):
+        return Counter(tuple(x.flatten().tolist()) for x in images)
+
+    assert rows(torch.cat([train.images, val.images])) == rows(data.images)  # a partition
+
+
+def test_image_folder_errors_name_the_folder_or_file(tmp_path):
+    with pytest.raises(DataError, match="image folder not found: .*nowhere"):
+        load_image_folder(tmp_path / "nowhere")
+    (tmp_path / "flat").mkdir()
+    draw("disc", random.Random(0)).save(tmp_path / "flat" / "x.png")
+    with pytest.raises(DataError, match="no class folders .*holds 1 images directly"):
+        load_image_folder(tmp_path / "flat")
+    root = write_shapes(tmp_path / "task", per_class=3)
+    for extra in root.joinpath("frame").iterdir():
+        if extra.name != "00.png":
+            extra.unlink()
+    with pytest.raises(DataError, match=r"class folder .*frame has 1 image; every class needs at least 2"):
+        load_image_folder(root)
+    draw("frame", random.Random(0)).save(root / "frame" / "01.png")
+    (root / "disc" / "03.png").write_bytes(b"this is not a png")
+    with pytest.raises(DataError, match=r"cannot decode image .*disc/03\.png"):
+        load_image_folder(root)
+    (root / "disc" / "03.png").unlink()
+    (root / "disc" / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match=r"notes\.txt is not an image file"):
+        load_image_folder(root)
+    with pytest.raises(DataError, match="val_fraction"):
+        split_image_folder(LabelledImages(torch.zeros(4, 1, 2, 2), torch.tensor([0, 0, 1, 1]), ["a", "b"]), 1.0)
+
+
+# -- the search and the network, in process ------------------------------------------------
+TINY = SearchSpace(widths=(4, 8), depths=(2, 3))
+
+
+def toy_meta_state(seed=0):
+    """An EvolutionarySearch state like a checkpoint's, with a trusted predictor."""
+    config = EvolutionConfig(population_size=4, offspring=2, pool_size=8, tournament_size=2,
+                             predictor=PredictorConfig(min_archive=6, min_tau=-1.0, epochs=50))
+    search = EvolutionarySearch(TINY, config, seed=seed)
+    for _ in range(4):
+        archs = search.to_score(search.propose())
+        search.accept({a: sum(op == "conv3x3" for op in a.ops) / a.depth for a in archs})
+    assert search.predictor.ready
+    return search.state_dict()
+
+
+def toy_task(classes=3, per_class=6, size=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    prototypes = torch.rand(classes, 1, size, size, generator=g)
+    images = prototypes.repeat_interleave(per_class, 0) + 0.1 * torch.randn(classes * per_class, 1, size, size, generator=g)
+    return LabelledImages(images, torch.arange(classes).repeat_interleave(per_class), [f"c{i}" for i in range(classes)])
+
+
+def test_warm_start_scores_the_meta_population_first_and_both_spend_the_budget():
+    torch.manual_seed(0)
+    supernet = SuperNet(TINY, ways=5)
+    state = toy_meta_state()
+    net, head = task_network(supernet, 3)
+    assert head == "zero" and net.head_weight.shape == (3, 8) and not net.head_weight.detach().any()
+    adapter = TaskAdapter(net, inner_lr=0.4)
+    tasks = scoring_tasks(toy_task(), tasks=2, shots=2, queries=3)
+    assert tasks[0].shape == (2, 6, 1, 8, 8) and tasks[3].shape == (2, 9)
+    config = adaptation_evolution_config(EvolutionConfig(**state["config"]), budget=9)
+    assert config.population_size == 4 and not config.rescore_population
+    before = {k: v.clone() for k, v in state["predictor"]["model"].items()}
+
+    warm = search_architecture(adapter, TINY, tasks, 2, config, 9, seed=0, meta_state=state)
+    scratch = search_architecture(adapter, TINY, tasks, 2, config, 9, seed=0)
+    assert len(warm.scored) == len(scratch.scored) == 9
+    best_first = sorted(state["population"], key=lambda m: -m["score"])
+    assert [s["arch"] for s in warm.scored[:4]] == [m["arch"] for m in best_first]
+    assert warm.predictor_used and not scratch.predictor_used
+    assert all(s["predicted"] is not None for s in warm.scored[4:])  # screened by the meta-predictor
+    random_start = EvolutionarySearch(TINY, config, seed=0).initial_population()
+    assert [Architecture.from_dict(s["arch"]) for s in scratch.scored[:4]] == random_start
+    assert warm.best_score == max(s["score"] for s in warm.scored)
+    for k, v in state["predictor"]["model"].items():  # the meta-predictor is not refitted
+        assert torch.equal(v, before[k])
+    # more population than the meta-population: topped up from the meta-archive, best first
+    assert len(meta_population(state, TINY, 6)) == 6
+
+
+def test_adapt_leaves_the_meta_weights_alone_and_is_deterministic():
+    torch.manual_seed(0)
+    supernet = SuperNet(TINY, ways=3)
+    weights = {k: v.clone() for k, v in supernet.state_dict().items()}
+    task = toy_task(per_class=8)
+    train, val = split_image_folder(task, 0.25, seed=0)
+    config = AdaptConfig(budget=4, finetune_steps=20, lr=0.01, score_tasks=1, seed=3)
+    a = adapt(supernet, MetaConfig(), train, val, config, toy_meta_state())
+    b = adapt(supernet, MetaConfig(), train, val, config, toy_meta_state())
+    assert a.head == "meta"  # the task has the checkpoint's 3 ways: the meta-learned head is kept
+    assert (a.arch, a.val_acc, a.scored) == (b.arch, b.val_acc, b.scored)
+    for k, v in supernet.state_dict().items():
+        assert torch.equal(v, weights[k]), k
+    with pytest.raises(SettingsError, match="no search state .* --warm_start false"):
+        adapt(supernet, MetaConfig(), train, val, config, None)
+    with pytest.raises(SettingsError, match="--budget must be an integer >= 2"):
+        AdaptConfig(budget=1)
+
+
+def test_cli_input_errors_are_one_line(tmp_path, capsys):
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"junk")
+    # enough of a checkpoint to reach the image folder (its weights are read after the images)
+    stub = tmp_path / "stub.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"image_size": 14, "image_channels": 1}}, stub)
+    folder = write_shapes(tmp_path / "task", per_class=2)
+    (folder / "disc" / "01.png").unlink()
+    broken = write_shapes(tmp_path / "broken", per_class=3)
+    (broken / "hbars" / "02.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (tmp_path / "empty").mkdir()
+    cases = [
+        ([str(tmp_path / "none.ckpt"), folder], "none.ckpt: no such file"),
+        ([str(junk), tmp_path / "nowhere"], "image folder not found: " + str(tmp_path / "nowhere")),
+        ([str(junk), folder], f"class folder {folder / 'disc'} has 1 image; every class needs at least 2"),
+        ([str(junk), tmp_path / "empty"], "has no class folders"),
+        ([str(junk), broken], "cannot be read as a checkpoint with weights_only=True"),
+        ([str(stub), broken], f"cannot decode image {broken / 'hbars' / '02.png'}"),
+        ([str(stub), broken, "--budget", "1"], "--budget must be an integer >= 2, got 1"),
+    ]
+    for (ckpt, root, *extra), message in cases:
+        assert adapt_cli.cli_main(["--ckpt_path", ckpt, "--data_root", str(root), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, (message, err)
+
+
+@pytest.mark.slow
+def test_adapt_py_exits_2_with_one_line(tmp_path):
+    """The same, as a user runs it: a subprocess, exit status 2, one line, no traceback."""
+    ckpt = tmp_path / "stub.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {}}, ckpt)
+    _, err = finish(start("--ckpt_path", str(ckpt), "--data_root", str(tmp_path / "nowhere")), expect=2)
+    assert err == f"error: image folder not found: {tmp_path / 'nowhere'}\n"
+
+
+# -- end to end: train.py writes a search checkpoint, adapt.py adapts it -------------------
+@pytest.fixture(scope="module")
+def search_checkpoint(tmp_path_factory):
+    from tests.test_train import run
+
+    out = tmp_path_factory.mktemp("meta")
+    run("train.py", *SEARCH, *SYNTHETIC, f"--trainer.logger.init_args.save_dir={out}",
+        "--trainer.logger.init_args.name=search", "--trainer.max_epochs=2", "--test=false")
+    return out / "search" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.slow
+def test_adapt_warm_and_scratch_on_an_image_folder(search_checkpoint, tmp_path):
+    folder = write_shapes(tmp_path / "shapes", per_class=8)
+    common = ["--ckpt_path", str(search_checkpoint), "--data_root", str(folder), "--budget", "6",
+              "--finetune_steps", "40", "--seed", "0"]
+    procs = {
+        "warm": start(*common, "--out", str(tmp_path / "warm.json")),
+        "scratch": start(*common, "--warm_start", "false", "--out", str(tmp_path / "scratch.json")),
+    }
+    checkpoint = torch.load(search_checkpoint, weights_only=True)
+    meta = next(v for k, v in checkpoint["callbacks"].items() if "EvolutionCallback" in k)
+    results = {}
+    for mode in ("warm", "scratch"):
+        out, _ = finish(procs[mode])
+        match = LINE.match(out.strip().splitlines()[-1])
+        assert match, out
+        kind, scorings, acc, classes, n_val, arch = match.groups()
+        assert kind == {"warm": "warm-start", "scratch": "from-scratch"}[mode]
+        assert (int(scorings), int(classes), int(n_val)) == (6, 4, 8)
+        result = results[mode] = json.loads((tmp_path / f"{mode}.json").read_text())
+        assert {"arch", "val_acc", "search_seconds", "finetune_seconds", "warm_start", "budget",
+                "seed"} <= set(result)
+        assert result["warm_start"] is (mode == "warm") and result["budget"] == 6 and result["seed"] == 0
+        assert str(Architecture.from_dict(result["arch"])) == arch
+        assert result["val_acc"] == pytest.approx(float(acc) / 100, abs=1e-4)
+        assert result["val_acc"] >= 0.5  # chance is 0.25: the shapes are learnt
+        assert result["search_seconds"] > 0 and result["finetune_seconds"] > 0
+        assert result["head"] == "zero"  # 4 classes, a 3-way checkpoint
+        print(mode, out.strip().splitlines()[-1])
+    assert results["warm"]["scorings"] == results["scratch"]["scorings"] == 6
+    best_first = [m["arch"] for m in sorted(meta["population"], key=lambda m: -m["score"])]
+    assert [s["arch"] for s in results["warm"]["scored"][: len(best_first)]] == best_first
