@@ -7,14 +7,19 @@ not a subcommand.
 """
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any, Optional
 
+import pytorch_lightning as pl
+import torch
 from jsonargparse import lazy_instance
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger
 
 from lightning_metanas.data import EpisodicDataModule
+from lightning_metanas.errors import SettingsError
 from lightning_metanas.module import MetaNASModule
 
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -28,13 +33,26 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 
 
 class MetaNASCLI(LightningCLI):
+    def __init__(self, *args: Any, forced_callbacks: Optional[dict[str, type]] = None, **kwargs: Any) -> None:
+        # Callbacks every run gets, each settable as --<key>.* (train.py passes the
+        # FiniteLossGuard: lightning_metanas never imports the top-level callbacks package).
+        self.forced_callbacks = dict(forced_callbacks or {})
+        super().__init__(*args, **kwargs)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
             "--ckpt_path",
             type=Optional[str],
             default=None,
-            help="Checkpoint to resume meta-training from.",
+            help=(
+                "Resume meta-training from this checkpoint file, or from 'last': the last.ckpt "
+                "of the highest version_N under the logger's save_dir/name (the same "
+                "--trainer.logger settings as the run to resume). Resume with the run's own "
+                "settings (--config <run>/config.yaml). Loaded with weights_only=True."
+            ),
         )
+        for key, callback in self.forced_callbacks.items():
+            parser.add_lightning_class_args(callback, key)
         parser.add_argument(
             "--test",
             type=bool,
@@ -74,7 +92,9 @@ class MetaNASCLI(LightningCLI):
         )
 
 
-def build_cli(args: Optional[list[str]] = None) -> MetaNASCLI:
+def build_cli(
+    args: Optional[list[str]] = None, forced_callbacks: Optional[dict[str, type]] = None
+) -> MetaNASCLI:
     return MetaNASCLI(
         MetaNASModule,
         EpisodicDataModule,
@@ -84,4 +104,117 @@ def build_cli(args: Optional[list[str]] = None) -> MetaNASCLI:
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"description": "Meta-train a SuperNet across few-shot tasks."},
+        forced_callbacks=forced_callbacks,
     )
+
+
+# -- --ckpt_path ---------------------------------------------------------------------------
+LAST = "last"
+# Settings that fix the shapes of the SuperNet's weights: a checkpoint only resumes a run
+# built with the same ones.
+STRUCTURAL_HPARAMS = ("ways", "image_channels", "search_space")
+
+
+def resolve_ckpt_path(
+    value: Optional[str], trainer: pl.Trainer, model: Optional[pl.LightningModule] = None
+) -> Optional[str]:
+    """The checkpoint file that ``--ckpt_path`` names, checked before any data is read.
+
+    ``last`` is this run's newest ``last.ckpt`` (``find_last_checkpoint``). The file must load
+    with ``torch.load(weights_only=True)`` (tensors and plain containers: nothing in the file
+    is executed), hold a training state (weights, optimiser, loops), and fit ``model``'s
+    SuperNet. Raises ``SettingsError`` naming the file and what to do otherwise.
+    """
+    if value is None:
+        return None
+    path = find_last_checkpoint(trainer) if value == LAST else Path(value).expanduser()
+    if not path.is_file():
+        raise SettingsError(
+            f"--ckpt_path {value}: no such file; give a checkpoint file (a run's "
+            f"checkpoints/last.ckpt) or '{LAST}' for the newest last.ckpt of this logger"
+        )
+    check_checkpoint(path, model)
+    return str(path)
+
+
+def find_last_checkpoint(trainer: pl.Trainer) -> Path:
+    """``last.ckpt`` of the run to resume: in ``--last_checkpoint.dirpath`` when that is set,
+    else under the logger's ``save_dir/name``: the one of the highest ``version_N`` that has
+    one (other version names, e.g. W&B run ids, by modification time), else in
+    ``default_root_dir/checkpoints`` when there is no logger. This mirrors where
+    ``ModelCheckpoint`` puts checkpoints."""
+    fixed = [
+        Path(cb.dirpath) for cb in trainer.checkpoint_callbacks
+        if getattr(cb, "filename", None) == LAST and cb.dirpath
+    ]
+    if fixed:
+        candidates = [d / f"{LAST}.ckpt" for d in fixed]
+        where = " or ".join(str(c) for c in candidates)
+    elif trainer.loggers:
+        logger = trainer.loggers[0]
+        root = Path(logger.save_dir or trainer.default_root_dir) / str(logger.name or "")
+        candidates = list(root.glob(f"*/checkpoints/{LAST}.ckpt"))
+        where = f"{root}/version_*/checkpoints/ (the runs of this --trainer.logger save_dir and name)"
+    else:
+        candidates = [Path(trainer.default_root_dir) / "checkpoints" / f"{LAST}.ckpt"]
+        where = str(candidates[0])
+    candidates = [c for c in candidates if c.is_file()]
+    if not candidates:
+        raise SettingsError(
+            f"--ckpt_path={LAST}: no {LAST}.ckpt in {where}; run without --ckpt_path to start, "
+            "or give the checkpoint file"
+        )
+
+    def order(path: Path) -> tuple[int, float]:
+        match = re.fullmatch(r"version_(\d+)", path.parent.parent.name)
+        return (int(match.group(1)) if match else -1, path.stat().st_mtime)
+
+    return max(candidates, key=order)
+
+
+def describe_load_error(err: Exception) -> str:
+    """One line on why ``torch.load(weights_only=True)`` refused a file (torch's own message
+    spans lines and suggests ``weights_only=False``, which would run code from the file)."""
+    text = str(err)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return (
+            f"it holds a pickled {found.group(1)}, which only running code could rebuild: "
+            "refused, nothing in it was executed"
+        )
+    found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if found:
+        return f"not a torch checkpoint ({found.group(1).strip()})"
+    if "zip archive" in text:
+        return "truncated, damaged or not a torch checkpoint (no valid zip archive)"
+    first = (text.strip().splitlines() or [type(err).__name__])[0]
+    return f"truncated, damaged or not a torch checkpoint ({first})"
+
+
+def check_checkpoint(path: Path, model: Optional[pl.LightningModule] = None) -> dict[str, Any]:
+    """Load ``path`` as ``fit`` will (``weights_only=True``) and check it can resume ``model``."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated or not a torch file, or a pickle that needs code
+        raise SettingsError(
+            f"--ckpt_path {path} cannot be loaded with torch.load(weights_only=True): "
+            f"{describe_load_error(err)}"
+        ) from None
+    missing = [k for k in ("state_dict", "optimizer_states", "loops") if not (
+        isinstance(checkpoint, dict) and k in checkpoint)]
+    if missing:
+        raise SettingsError(
+            f"--ckpt_path {path} is not a training checkpoint (no {', '.join(missing)}); resume "
+            "from a run's checkpoints/last.ckpt or epochNNN.ckpt"
+        )
+    saved = checkpoint.get("hyper_parameters") or {}
+    if model is not None:
+        for key in STRUCTURAL_HPARAMS:
+            if key in saved and key in model.hparams and saved[key] != model.hparams[key]:
+                config = path.parent.parent / "config.yaml"
+                hint = f" (--config {config})" if config.is_file() else ""
+                raise SettingsError(
+                    f"--ckpt_path {path} was written with model.{key}={saved[key]}, this run has "
+                    f"model.{key}={model.hparams[key]}; resume with the run's settings{hint}"
+                )
+    return checkpoint

@@ -114,6 +114,7 @@ class MetaNASModule(pl.LightningModule):
         total: dict[torch.nn.Parameter, torch.Tensor] = {}  # parameter -> summed meta-gradient
         rng = self.step_rng()
         archs = [self.sampler.sample(rng) for _ in range(batch_size)]
+        self.last_step_archs = archs  # named by callbacks.guards.FiniteLossGuard on a NaN
         results = self.adapter.meta_gradients(  # on CPU, tasks run on parallel threads
             archs,
             batch,

@@ -1,0 +1,503 @@
+"""Reliability, as a user meets it (RELIABILITY.md lists every case with what the user sees):
+
+* a bad setting or input file fails at once, before data loading or training, with one line
+  ``error: ...`` naming the setting and what is allowed, and no traceback;
+* a NaN/inf meta-loss stops the run before the optimiser steps on it, keeping the last good
+  checkpoint;
+* a search killed mid-epoch (SIGTERM, SIGKILL) and resumed with ``--ckpt_path=last`` ends with
+  every generation exactly once, equal to an uninterrupted run;
+* the same seed gives the same search;
+* a checkpoint that would run code when unpickled is refused, and nothing in it runs.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from pytorch_lightning.callbacks import Callback
+
+from tests.test_train import ROOT, SEARCH, SYNTHETIC, logs, run
+
+# train.cli_main(args) in-process: LightningCLI warns that pytest's own argv is also there
+pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+
+# ---------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------
+ARCH_FILES = {  # kind -> (file content, words the message must hold)
+    "malformed": ('{"ops": ["conv3x3", "conv3x3"], "widths": [8, ', ["not valid JSON"]),
+    "not_an_object": ('["conv3x3", 8]', ["JSON object", "'ops'", "'widths'"]),
+    "unknown_op": ('{"ops": ["conv3x3", "conv9x9"], "widths": [8, 8]}',
+                   ["ops[1] = 'conv9x9'", "allowed: ['conv3x3'"]),
+    "width_out_of_range": ('{"ops": ["conv3x3", "conv3x3"], "widths": [8, 64]}',
+                           ["widths[1] = 64", "allowed: [8, 16]"]),
+    "wrong_depth": ('{"ops": ["conv3x3"], "widths": [8]}', ["1 layers", "allowed depths: [2, 3]"]),
+    "ops_widths_differ": ('{"ops": ["conv3x3", "conv3x3"], "widths": [8]}', ["2 ops but 1 widths"]),
+    "unknown_field": ('{"ops": ["conv3x3", "conv3x3"], "widths": [8, 8], "__reduce__": "os.system"}',
+                      ["unknown field(s) ['__reduce__']", "allowed: 'ops', 'widths'"]),
+}
+
+
+def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """The run failed with ``error: ...`` as its last stderr line, holding every needle, and
+    printed no traceback; returns that line."""
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    return _error_line(proc.stderr, needles)
+
+
+def _error_line(stderr: str, needles) -> str:
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("error: "), stderr[-3000:]
+    for needle in needles:
+        assert needle in line, line
+    return line
+
+
+def train_in_process(capsys, *args: str) -> str:
+    """``train.py``'s command line (``train.cli_main``, what ``python train.py`` runs) in
+    this process, to spare a ~4 s interpreter start per case; it must return exit status 1
+    after printing one ``error:`` line, not raise. Returns that stderr."""
+    import train
+
+    capsys.readouterr()
+    status = train.cli_main(list(args))
+    err = capsys.readouterr().err
+    assert status == 1, err[-3000:]
+    return err
+
+
+def eval_in_process(*args: str) -> str:
+    """``eval.py``'s ``main``; returns the message of the ``SettingsError`` its command line
+    prints as ``error: <message>``."""
+    import importlib
+
+    from lightning_metanas.errors import SettingsError
+
+    with pytest.raises(SettingsError) as err:
+        importlib.import_module("eval").main(list(args))
+    return f"error: {err.value}"
+
+
+def no_run_started(tmp_path: Path) -> None:
+    """Nothing was trained or logged: the error came before fit."""
+    assert not list(tmp_path.rglob("metrics.csv")) and not list(tmp_path.rglob("*.ckpt"))
+
+
+def history(run_dir: Path) -> list[dict]:
+    return json.loads((run_dir / "checkpoints" / "search_history.json").read_text())
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def state_dict(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+# ---------------------------------------------------------------------------------------
+# settings, checked up front through train.py
+# ---------------------------------------------------------------------------------------
+BAD_SETTINGS = [
+    # (id, arguments after SYNTHETIC, what the one line must say)
+    ("ways_more_than_classes", ["--data.ways=13"],
+     ["data.ways=13", "12 classes of the synthetic val split", "use data.ways <= 12"]),
+    ("ways_more_than_omniglot_classes", ["--data.dataset=omniglot", "--data.ways=101"],
+     ["data.ways=101", "100 classes of the Omniglot val split", "use data.ways <= 100"]),
+    ("shots_plus_queries_more_than_drawings", ["--data.shots=10", "--data.queries=11"],
+     ["data.shots + data.queries = 10 + 11 = 21", "20 images per class"]),
+    ("unknown_operation", ["--model.search_space.ops=[conv3x3,conv9x9]"],
+     ["unknown operation(s) ['conv9x9']", "conv3x3"]),
+    ("inner_lr_zero", ["--model.meta.inner_lr=0"], ["model.meta.inner_lr must be a finite number > 0"]),
+    ("meta_lr_negative", ["--model.meta.meta_lr=-0.1"], ["model.meta.meta_lr must be a finite number > 0"]),
+    ("fd_epsilon_zero", ["--model.meta.fd_epsilon=0"], ["model.meta.fd_epsilon must be a finite number > 0"]),
+    ("inner_steps_zero", ["--model.meta.inner_steps=0"], ["model.meta.inner_steps must be an integer >= 1"]),
+    ("eval_inner_steps_negative", ["--model.meta.eval_inner_steps=-1"],
+     ["model.meta.eval_inner_steps must be an integer >= 1"]),
+    ("train_batches_zero", ["--data.train_batches=0"], ["data.train_batches must be a positive integer"]),
+    ("population_too_small", [*SEARCH, "--trainer.callbacks.init_args.evolution.population_size=1"],
+     ["evolution.population_size must be >= 2, got 1"]),
+    ("tournament_larger_than_population",
+     [*SEARCH, "--trainer.callbacks.init_args.evolution.tournament_size=5"],
+     ["evolution.tournament_size must be between 2 and population_size (4), got 5"]),
+    ("pool_smaller_than_offspring", [*SEARCH, "--trainer.callbacks.init_args.evolution.pool_size=1"],
+     ["evolution.pool_size (1) must be >= offspring (2)"]),
+    ("data_root_missing", ["--data.dataset=omniglot", "--data.root=/no/such/dir"],
+     ["Omniglot directory not found: /no/such/dir", "--data.root"]),
+    ("ckpt_path_missing", ["--ckpt_path=/no/such/last.ckpt"],
+     ["--ckpt_path /no/such/last.ckpt: no such file", "'last'"]),
+    ("ckpt_path_last_without_a_run", ["--ckpt_path=last"],
+     ["--ckpt_path=last: no last.ckpt in", "run without --ckpt_path to start"]),
+]
+
+
+@pytest.mark.parametrize("args, needles", [c[1:] for c in BAD_SETTINGS], ids=[c[0] for c in BAD_SETTINGS])
+def test_bad_setting_fails_up_front_with_one_line(tmp_path, capsys, args, needles):
+    _error_line(train_in_process(capsys, *SYNTHETIC, *logs(tmp_path, "bad"), *args), needles)
+    no_run_started(tmp_path)
+
+
+def test_bad_setting_through_the_real_command_line(tmp_path):
+    """The same, as a user runs it: the setting is deep in a callback's nested dataclass,
+    where jsonargparse wraps the error; still one line, status 1, no traceback."""
+    args = [*SEARCH, "--trainer.callbacks.init_args.evolution.population_size=1"]
+    proc = run("train.py", *SYNTHETIC, *logs(tmp_path, "bad"), *args, check=False)
+    one_line_error(proc, "evolution.population_size must be >= 2, got 1")
+    assert proc.returncode == 1
+    no_run_started(tmp_path)
+
+
+def test_type_errors_are_usage_errors(tmp_path, capsys):
+    """jsonargparse checks types before anything is built: a usage message, exit status 2."""
+    import train
+
+    with pytest.raises(SystemExit) as exit_:
+        train.cli_main([*SYNTHETIC, *logs(tmp_path, "bad"), "--data.ways=abc"])
+    assert exit_.value.code == 2
+    assert 'Parser key "data.ways"' in capsys.readouterr().err
+    no_run_started(tmp_path)
+
+
+@pytest.mark.parametrize("kind", sorted(ARCH_FILES))
+@pytest.mark.parametrize("flag", ["--model.eval_arch", "--model.train_arch"])
+def test_bad_architecture_json_through_train_py(tmp_path, capsys, kind, flag):
+    text, needles = ARCH_FILES[kind]
+    path = tmp_path / f"{kind}.json"
+    path.write_text(text)
+    _error_line(train_in_process(capsys, *SYNTHETIC, *logs(tmp_path, "bad"), f"{flag}={path}"), needles)
+    no_run_started(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------
+# a small trained checkpoint, for eval.py and resume checks
+# ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("small")
+    run("train.py", *SYNTHETIC, *logs(out, "small"), "--trainer.max_epochs=1", "--test=false")
+    return out / "small" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.parametrize("kind", sorted(ARCH_FILES))
+def test_bad_architecture_json_through_eval_py(tmp_path, small_checkpoint, kind):
+    text, needles = ARCH_FILES[kind]
+    path = tmp_path / f"{kind}.json"
+    path.write_text(text)
+    line = eval_in_process("--ckpt_path", str(small_checkpoint), "--arch", str(path), "--test_tasks", "3")
+    _error_line(line, needles)
+
+
+def test_resume_with_other_search_space_is_refused_up_front(tmp_path, capsys, small_checkpoint):
+    err = train_in_process(capsys, *SYNTHETIC, *logs(tmp_path, "other"),
+                           "--model.search_space.widths=[8,32]", f"--ckpt_path={small_checkpoint}")
+    _error_line(err, [f"--ckpt_path {small_checkpoint} was written with model.search_space=",
+                      "resume with the run's settings (--config "])
+    no_run_started(tmp_path)
+
+
+def test_resume_from_a_weights_only_or_truncated_file_is_refused(tmp_path, capsys, small_checkpoint):
+    weights = tmp_path / "weights.ckpt"
+    torch.save({"state_dict": state_dict(small_checkpoint)}, weights)
+    err = train_in_process(capsys, *SYNTHETIC, *logs(tmp_path, "w"), f"--ckpt_path={weights}")
+    _error_line(err, ["is not a training checkpoint (no optimizer_states, loops)"])
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(small_checkpoint.read_bytes()[:5000])
+    err = train_in_process(capsys, *SYNTHETIC, *logs(tmp_path, "t"), f"--ckpt_path={truncated}")
+    _error_line(err, ["truncated, damaged or not a torch checkpoint"])
+    no_run_started(tmp_path / "w")
+    no_run_started(tmp_path / "t")
+
+
+# ---------------------------------------------------------------------------------------
+# untrusted files
+# ---------------------------------------------------------------------------------------
+class _WritesAFile:
+    """Unpickling this calls ``open(marker, "w")``: stands for any code a pickle can run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _malicious_checkpoint(path: Path, marker: Path, template: Path) -> Path:
+    checkpoint = torch.load(template, map_location="cpu", weights_only=True)
+    checkpoint["payload"] = _WritesAFile(marker)
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_malicious_payload_is_real(tmp_path, small_checkpoint):
+    """The payload does run code under a plain (unsafe) unpickler, so the refusals below mean
+    something."""
+    marker = tmp_path / "ran"
+    path = _malicious_checkpoint(tmp_path / "evil.ckpt", marker, small_checkpoint)
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_checkpoint_that_runs_code_is_refused_by_train_and_eval(tmp_path, small_checkpoint):
+    marker = tmp_path / "ran"
+    evil = _malicious_checkpoint(tmp_path / "evil.ckpt", marker, small_checkpoint)
+    proc = run("train.py", *SYNTHETIC, *logs(tmp_path, "evil"), f"--ckpt_path={evil}", check=False)
+    one_line_error(proc, f"--ckpt_path {evil} cannot be loaded with torch.load(weights_only=True)",
+                   "nothing in it was executed")
+    proc = run("eval.py", "--ckpt_path", str(evil), "--test_tasks", "3", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "weights_only=True" in proc.stderr and "io.open" in proc.stderr
+    assert not marker.exists()
+    no_run_started(tmp_path / "evil")
+
+
+# ---------------------------------------------------------------------------------------
+# numerical faults
+# ---------------------------------------------------------------------------------------
+class PoisonBatch(Callback):
+    """Test-only: turns the support images of one training batch into NaN, and reports (to
+    ``out``) whether the weights changed after that batch began and the bytes of ``last.ckpt``
+    at that moment."""
+
+    def __init__(self, epoch: int = 1, batch: int = 1, out: str = "poison.json") -> None:
+        self.epoch, self.batch, self.out = epoch, batch, out
+        self.before: dict[str, torch.Tensor] = {}
+        self.report: dict = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if (trainer.current_epoch, batch_idx) != (self.epoch, self.batch):
+            return
+        batch[0].fill_(float("nan"))
+        self.before = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        last = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
+        self.report["global_step"] = trainer.global_step
+        self.report["last_ckpt_sha256"] = sha256(last) if last.exists() else None
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        after = pl_module.state_dict()
+        self.report.update(
+            exception=type(exception).__name__,
+            weights_unchanged=bool(self.before) and all(torch.equal(v, after[k]) for k, v in self.before.items()),
+            weights_finite=all(bool(torch.isfinite(v).all()) for v in after.values() if v.is_floating_point()),
+        )
+        Path(self.out).write_text(json.dumps(self.report))
+
+
+def test_nan_meta_loss_stops_before_the_step_and_keeps_last_checkpoint(tmp_path):
+    out = tmp_path / "poison.json"
+    proc = run("train.py", *SYNTHETIC, *logs(tmp_path, "nan"), "--trainer.max_epochs=3", "--test=false",
+               "--trainer.callbacks+=tests.test_reliability.PoisonBatch",
+               "--trainer.callbacks.epoch=1", "--trainer.callbacks.batch=1",
+               f"--trainer.callbacks.out={out}", check=False)
+    ckpt_dir = tmp_path / "nan" / "version_0" / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    one_line_error(proc, "the meta-loss is not finite (nan) at global step 4 (epoch 1, batch 1)",
+                   "architectures of that step: ", "the optimiser step was not taken",
+                   f"last good checkpoint: {last}")
+    assert proc.returncode == 1
+    report = json.loads(out.read_text())
+    assert report["exception"] == "NonFiniteLossError" and report["global_step"] == 4
+    assert report["weights_unchanged"] and report["weights_finite"]  # no step was taken
+    assert sha256(last) == report["last_ckpt_sha256"]  # last.ckpt: the bytes of epoch 0's
+    for path in ckpt_dir.glob("*.ckpt"):  # and nothing written after the fault
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        assert (checkpoint["epoch"], checkpoint["global_step"]) == (0, 3), path
+        assert all(bool(torch.isfinite(t).all()) for t in checkpoint["state_dict"].values()
+                   if t.is_floating_point())
+
+
+def test_diverging_inner_loop_is_caught_at_its_first_step(tmp_path, capsys):
+    err = train_in_process(capsys, *SYNTHETIC, *logs(tmp_path, "lr"), "--model.meta.inner_lr=1e30",
+                           "--trainer.max_epochs=1")
+    _error_line(err, ["the meta-loss is not finite (nan) at global step 0 (epoch 0, batch 0)",
+                      "last good checkpoint: none (no epoch had ended)"])
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def _fake_trainer(**kwargs):
+    return SimpleNamespace(world_size=1, global_step=7, current_epoch=2,
+                           fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_idx=1)), **kwargs)
+
+
+def test_guard_checks_gradients_and_refuses_non_finite_checkpoints():
+    from callbacks.guards import FiniteLossGuard, NonFiniteLossError
+
+    guard, trainer = FiniteLossGuard(), _fake_trainer()
+    module = torch.nn.Linear(2, 1)
+    module.last_step_archs = ["conv3x3@8-conv3x3@8", "conv3x3@8-conv3x3@8", "conv5x5@16-conv3x3@8"]
+    module.weight.grad = torch.tensor([[1.0, float("inf")]])
+    guard.on_before_backward(trainer, module, torch.tensor(0.5))
+    with pytest.raises(NonFiniteLossError) as err:
+        guard.on_before_optimizer_step(trainer, module, None)
+    message = str(err.value)
+    assert "meta-gradient is not finite (parameters: weight)" in message
+    assert "global step 7 (epoch 2, batch 1)" in message
+    assert "conv3x3@8-conv3x3@8 (x2), conv5x5@16-conv3x3@8" in message
+    module.weight.grad = torch.zeros(1, 2)
+    guard.on_before_backward(trainer, module, torch.tensor(0.5))
+    guard.on_before_optimizer_step(trainer, module, None)  # finite: no error
+    guard.on_save_checkpoint(trainer, module, {"state_dict": {"w": torch.ones(2)}})
+    with pytest.raises(NonFiniteLossError, match=r"refusing to write a checkpoint .* non-finite values in w"):
+        guard.on_save_checkpoint(trainer, module, {"state_dict": {"w": torch.tensor([1.0, float("nan")])}})
+
+
+# ---------------------------------------------------------------------------------------
+# --ckpt_path=last
+# ---------------------------------------------------------------------------------------
+def test_last_is_the_highest_version_that_has_a_last_checkpoint(tmp_path):
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import CSVLogger
+
+    from lightning_metanas.cli import find_last_checkpoint
+    from lightning_metanas.errors import SettingsError
+
+    def trainer():
+        return pl.Trainer(logger=CSVLogger(tmp_path, name="run"), enable_progress_bar=False,
+                          callbacks=[ModelCheckpoint(filename="last")], enable_model_summary=False)
+
+    with pytest.raises(SettingsError, match="no last.ckpt in"):
+        find_last_checkpoint(trainer())
+    for version, has_last in ((0, True), (2, True), (10, True), (11, False)):
+        directory = tmp_path / "run" / f"version_{version}" / "checkpoints"
+        directory.mkdir(parents=True)
+        (directory / ("last.ckpt" if has_last else "epoch000.ckpt")).write_bytes(b"x")
+    # numeric, not lexical (10 > 2), and version_11 (killed before its first epoch ended) skipped
+    assert find_last_checkpoint(trainer()) == tmp_path / "run" / "version_10" / "checkpoints" / "last.ckpt"
+
+
+# ---------------------------------------------------------------------------------------
+# determinism, and kill-and-resume (slow: a few short searches in subprocesses)
+# ---------------------------------------------------------------------------------------
+EPOCHS, BATCHES = 5, 24
+LONG_EPOCHS = [*SEARCH, *SYNTHETIC, f"--data.train_batches={BATCHES}", "--test=false",
+               "--trainer.logger.init_args.flush_logs_every_n_steps=1"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted")
+    run("train.py", *LONG_EPOCHS, *logs(out, "search"), f"--trainer.max_epochs={EPOCHS}")
+    return out / "search" / "version_0"
+
+
+@pytest.mark.slow
+def test_same_seed_same_search(tmp_path, uninterrupted):
+    run("train.py", *LONG_EPOCHS, *logs(tmp_path, "again"), f"--trainer.max_epochs={EPOCHS}")
+    again = tmp_path / "again" / "version_0"
+    assert [h["generation"] for h in history(again)] == list(range(EPOCHS))
+    assert history(again) == history(uninterrupted)  # architectures, scores, best, per generation
+    best = "checkpoints/best_arch.json"
+    assert (again / best).read_text() == (uninterrupted / best).read_text()
+    a, b = state_dict(again / "checkpoints/last.ckpt"), state_dict(uninterrupted / "checkpoints/last.ckpt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _train_rows(metrics: Path) -> list[dict]:
+    try:
+        rows = list(csv.DictReader(io.StringIO(metrics.read_text())))
+    except (OSError, csv.Error):
+        return []
+    return [r for r in rows if r.get("train/loss") and r.get("epoch")]
+
+
+def _kill_mid_epoch(tmp_path: Path, sig: signal.Signals) -> tuple[subprocess.Popen, str, int]:
+    """Start the search, wait until two generations are done and the third epoch has taken two
+    steps, send ``sig``; returns the process, its stderr and the generations done before."""
+    run_dir = tmp_path / "search" / "version_0"
+    stderr = (tmp_path / "stderr.txt").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *LONG_EPOCHS, *logs(tmp_path, "search"),
+         f"--trainer.max_epochs={EPOCHS}"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr,
+        env=dict(os.environ, PYTHONWARNINGS="ignore", WANDB_MODE="disabled"),
+    )
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, "the run did not reach its third epoch in time"
+        in_epoch_2 = [r for r in _train_rows(run_dir / "metrics.csv") if int(float(r["epoch"])) == 2]
+        if len(in_epoch_2) >= 2:
+            break
+        time.sleep(0.02)
+    done_before = [h["generation"] for h in history(run_dir)]
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    stderr.close()
+    return proc, (tmp_path / "stderr.txt").read_text(), done_before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_killed_search_resumes_with_nothing_lost(tmp_path, uninterrupted, sig):
+    proc, stderr, done_before = _kill_mid_epoch(tmp_path, sig)
+    killed = tmp_path / "search" / "version_0"
+    last = killed / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    # the kill came mid-epoch 2: steps of epoch 2 were taken, last.ckpt is the end of epoch 1
+    assert done_before == [0, 1]
+    assert (checkpoint["epoch"], checkpoint["global_step"]) == (1, 2 * BATCHES)
+    steps = [int(r["step"]) for r in _train_rows(killed / "metrics.csv")]
+    assert 2 * BATCHES < max(steps) + 1 < 3 * BATCHES, max(steps)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143 and "Traceback" not in stderr
+        line = stderr.strip().splitlines()[-1]
+        assert line.startswith("error: stopped by SIGTERM at global step ") and "(epoch 2)" in line
+        assert f"kept: {last}, the end of the last complete epoch" in line
+    else:
+        assert proc.returncode == -signal.SIGKILL
+
+    out = run("train.py", *LONG_EPOCHS, *logs(tmp_path, "search"), f"--trainer.max_epochs={EPOCHS}",
+              "--ckpt_path=last").stdout
+    assert f"resuming from {last}" in out
+    resumed = tmp_path / "search" / "version_1"
+    generations = [h["generation"] for h in history(resumed)]
+    assert generations == list(range(EPOCHS))  # no gap, no duplicate
+    assert history(resumed) == history(uninterrupted)  # same architectures, scores, best
+    a, b = state_dict(resumed / "checkpoints/last.ckpt"), state_dict(uninterrupted / "checkpoints/last.ckpt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    print(f"\n{sig.name}: generations before the kill {done_before}, killed at step {max(steps)} "
+          f"(epoch 2), after resume {generations[len(done_before):]}, final {generations}")
+
+
+class TermAtEpochEnd(Callback):
+    """Test-only: SIGTERM to its own process at the end of epoch ``epoch``, right after that
+    epoch's search generation (this callback comes after EvolutionCallback) and before the
+    checkpoint callbacks (Lightning runs those last)."""
+
+    def __init__(self, epoch: int = 2) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_generation_keeps_it_and_resumes_after_it(tmp_path, uninterrupted):
+    """Lightning only flags SIGTERM; the generation and the epoch's checkpoint complete, and
+    the run stops before the next epoch: the resumed run starts at the next generation."""
+    args = [*LONG_EPOCHS, *logs(tmp_path, "search"), f"--trainer.max_epochs={EPOCHS}"]
+    proc = run("train.py", *args, "--trainer.callbacks+=tests.test_reliability.TermAtEpochEnd",
+               "--trainer.callbacks.epoch=2", check=False)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    killed = tmp_path / "search" / "version_0"
+    _error_line(proc.stderr, [f"stopped by SIGTERM at global step {3 * BATCHES} ",
+                              f"kept: {killed / 'checkpoints' / 'last.ckpt'}"])
+    assert [h["generation"] for h in history(killed)] == [0, 1, 2]
+    checkpoint = torch.load(killed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert (checkpoint["epoch"], checkpoint["global_step"]) == (2, 3 * BATCHES)
+    run("train.py", *args, "--ckpt_path=last")
+    resumed = tmp_path / "search" / "version_1"
+    assert history(resumed) == history(uninterrupted)
