@@ -26,15 +26,15 @@ class PredictorConfig:
         retrain_every: generations between retrainings.
         hidden: width of the MLP's hidden layers.
         epochs: full-batch Adam steps per (re)training.
-        holdout: share of the archive held out to measure Kendall tau.
+        folds: cross-validation folds for the Kendall tau of its rank quality.
     """
 
     min_archive: int = 24
-    min_tau: float = 0.0
+    min_tau: float = 0.2
     retrain_every: int = 1
     hidden: int = 64
     epochs: int = 200
-    holdout: float = 0.2
+    folds: int = 4
 
     def __post_init__(self) -> None:
         if self.min_archive < 4:
@@ -43,8 +43,8 @@ class PredictorConfig:
             raise SettingsError(
                 f"evolution.predictor.retrain_every must be >= 1, got {self.retrain_every}"
             )
-        if not 0.0 < self.holdout < 1.0:
-            raise SettingsError(f"evolution.predictor.holdout must be in (0, 1), got {self.holdout}")
+        if self.folds < 2:
+            raise SettingsError(f"evolution.predictor.folds must be >= 2, got {self.folds}")
 
 
 class PerformancePredictor:
@@ -93,20 +93,23 @@ class PerformancePredictor:
         return model
 
     def fit(self, archs: list[Architecture], scores: list[float]) -> Optional[float]:
-        """Retrain on every scored architecture; return the Kendall tau measured on a held-out
-        share first (None while there are too few to hold any out)."""
-        if len(archs) < 4:
+        """Retrain on every scored architecture; return its rank quality, the Kendall tau
+        between measured scores and out-of-fold predictions (``folds``-fold cross-validation
+        over the whole archive, so each entry is predicted by a model that never saw it).
+        None while the archive is too small to say anything."""
+        if len(archs) < 8:
             return None
         x = self._features(archs)
         y = torch.tensor(scores, dtype=torch.float32)
         mean, std = float(y.mean()), float(y.std().clamp(min=1e-6))
         y = (y - mean) / std
         order = torch.randperm(len(archs), generator=torch.Generator().manual_seed(self.seed + len(archs)))
-        n_out = max(2, int(round(self.config.holdout * len(archs))))
-        held, kept = order[:n_out], order[n_out:]
-        probe = self._train(x[kept], y[kept])
-        with torch.no_grad():
-            tau = float(kendall_rank_corrcoef(probe(x[held]).squeeze(-1), y[held]))
+        out_of_fold = torch.empty_like(y)
+        for held in order.chunk(self.config.folds):
+            kept = order[~torch.isin(order, held)]
+            with torch.no_grad():
+                out_of_fold[held] = self._train(x[kept], y[kept])(x[held]).squeeze(-1)
+        tau = float(kendall_rank_corrcoef(out_of_fold, y))
         self.tau = tau if tau == tau else 0.0  # NaN (all-equal scores) -> no rank information
         self.model = self._train(x, y)
         self.mean, self.std, self.trained_on = mean, std, len(archs)
