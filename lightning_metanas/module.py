@@ -177,7 +177,10 @@ class MetaNASModule(pl.LightningModule):
         checkpoint["evaluated_arch"] = self.evaluated_architecture().to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "evaluated_arch" in checkpoint and isinstance(self.sampler, UniformSampler):
+        # Evaluate the architecture these weights were saved with (e.g. testing the best
+        # checkpoint after a search); a resumed search re-installs its population sampler at
+        # train start, and a fixed training architecture stays fixed.
+        if "evaluated_arch" in checkpoint and not isinstance(self.sampler, FixedSampler):
             self.sampler = UniformSampler(
                 self.space, best=Architecture.from_dict(checkpoint["evaluated_arch"])
             )
