@@ -501,3 +501,37 @@ def test_sigterm_during_a_generation_keeps_it_and_resumes_after_it(tmp_path, uni
     run("train.py", *args, "--ckpt_path=last")
     resumed = tmp_path / "search" / "version_1"
     assert history(resumed) == history(uninterrupted)
+
+
+# ---------------------------------------------------------------------------------------
+# bad data, as train.py reports it (the data module's own checks: tests/test_data.py)
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("damage", ["not_a_zip", "truncated_zip", "undecodable_image", "class_too_small"])
+def test_bad_data_fails_with_one_line_naming_the_file(tmp_path, capsys, damage):
+    import zipfile
+
+    from tests.test_data import _make_fake_omniglot
+
+    # every background character with 2 drawings: the train split, checked first, has some
+    small = {f"images_background/A{a}/c{c}": 2 for a in range(2) for c in range(4)}
+    small = small if damage == "class_too_small" else None
+    root = _make_fake_omniglot(tmp_path / "omni", drawings=small)
+    background = root / "images_background.zip"
+    if damage == "not_a_zip":
+        background.write_bytes(b"<html>404 Not Found</html>")
+        needles = [str(background), "zip"]
+    elif damage == "truncated_zip":
+        background.write_bytes(background.read_bytes()[:700])
+        needles = [str(background), "zip"]
+    elif damage == "undecodable_image":
+        with zipfile.ZipFile(root / "images_evaluation.zip", "a") as archive:
+            archive.writestr("images_evaluation/A0/c0/9999_05.png", b"not a png")
+        needles = ["images_evaluation.zip", "images_evaluation/A0/c0/9999_05.png"]
+    else:
+        needles = ["Omniglot class 'images_background/A", "train split) has 2 images",
+                   "data.shots + data.queries = 1 + 3 = 4"]
+    err = train_in_process(capsys, *SYNTHETIC, *logs(tmp_path, "data"), "--data.dataset=omniglot",
+                           f"--data.root={root}", "--data.ways=2", "--data.queries=3",
+                           "--trainer.max_epochs=1")
+    _error_line(err, needles)
+    no_run_started(tmp_path / "data")
