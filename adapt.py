@@ -35,13 +35,10 @@ import torch
 from jsonargparse import ArgumentParser
 
 from lightning_metanas.adaptation import AdaptConfig, adapt
+from lightning_metanas.checkpoints import CheckpointError, data_settings, read_checkpoint, search_state
 from lightning_metanas.data.folder import list_image_folder, load_image_folder, split_image_folder
 from lightning_metanas.errors import SettingsError
 from lightning_metanas.module import MetaNASModule
-
-
-class CheckpointError(SettingsError):
-    """A checkpoint that cannot be adapted from, with what to do about it."""
 
 
 def parse(args: Optional[list[str]] = None):
@@ -88,35 +85,6 @@ def parse(args: Optional[list[str]] = None):
     return parser.parse_args(args)
 
 
-def read_checkpoint(path: str) -> dict:
-    if not Path(path).is_file():
-        raise CheckpointError(f"--ckpt_path {path}: no such file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated file, or one that needs code to unpickle
-        raise CheckpointError(
-            f"--ckpt_path {path} cannot be read as a checkpoint with weights_only=True: {err}"
-        ) from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
-        raise CheckpointError(f"--ckpt_path {path} is not a checkpoint written by train.py")
-    return checkpoint
-
-
-def search_state(checkpoint: dict) -> Optional[dict]:
-    """The EvolutionCallback's state (``EvolutionarySearch.state_dict()``), if the run had one."""
-    for key, state in (checkpoint.get("callbacks") or {}).items():
-        if "EvolutionCallback" in key and state:
-            return state
-    return None
-
-
-def data_settings(checkpoint: dict) -> dict:
-    for key, state in checkpoint.items():
-        if key.endswith("EpisodicDataModule") and isinstance(state, dict) and "settings" in state:
-            return dict(state["settings"])
-    return {}
-
-
 def main(args: Optional[list[str]] = None) -> dict:
     cli = parse(args)
     settings = {name: cli[name] for name in AdaptConfig.__dataclass_fields__}
@@ -125,7 +93,7 @@ def main(args: Optional[list[str]] = None) -> dict:
         raise CheckpointError(f"--ckpt_path {cli.ckpt_path}: no such file")
     list_image_folder(cli.data_root)  # layout errors before the checkpoint is read
     checkpoint = read_checkpoint(cli.ckpt_path)
-    hparams, data = checkpoint["hyper_parameters"], data_settings(checkpoint)
+    hparams, data = checkpoint["hyper_parameters"], data_settings(checkpoint) or {}
     image_size = cli.image_size or data.get("image_size") or hparams.get("image_size", 28)
     model_channels = int(hparams.get("image_channels", 1))
     channels = model_channels if cli.channels is None else cli.channels

@@ -11,20 +11,15 @@ with ``torch.load(weights_only=True)``: nothing in them is executed.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Optional
 
 import pytorch_lightning as pl
-import torch
 from jsonargparse import ArgumentParser
 
+from lightning_metanas.checkpoints import CheckpointError, data_settings, read_checkpoint
 from lightning_metanas.data import EpisodicDataModule
 from lightning_metanas.errors import SettingsError
 from lightning_metanas.module import MetaNASModule
-
-
-class CheckpointError(SettingsError):
-    """A checkpoint that cannot be meta-tested, with what to do about it."""
 
 
 def parse(args: Optional[list[str]] = None):
@@ -43,28 +38,12 @@ def parse(args: Optional[list[str]] = None):
     return parser.parse_args(args)
 
 
-def read_checkpoint(path: str) -> dict:
-    if not Path(path).is_file():
-        raise CheckpointError(f"--ckpt_path {path}: no such file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated file, or one that needs code to unpickle
-        raise CheckpointError(
-            f"--ckpt_path {path} cannot be read as a checkpoint with weights_only=True: {err}"
-        ) from None
-
-
-def data_settings(checkpoint: dict, path: str) -> dict:
-    for key, state in checkpoint.items():
-        if key.endswith("EpisodicDataModule") and isinstance(state, dict) and "settings" in state:
-            return dict(state["settings"])
-    raise CheckpointError(f"--ckpt_path {path} holds no data settings (not written by train.py?)")
-
-
 def main(args: Optional[list[str]] = None) -> dict[str, float]:
     config = parse(args)
     checkpoint = read_checkpoint(config.ckpt_path)
-    settings = data_settings(checkpoint, config.ckpt_path)
+    settings = data_settings(checkpoint)
+    if settings is None:
+        raise CheckpointError(f"--ckpt_path {config.ckpt_path} holds no data settings")
     settings["test_tasks"] = config.test_tasks
     if config.seed is not None:
         settings["seed"] = config.seed

@@ -18,6 +18,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger
 
+from lightning_metanas.checkpoints import describe_load_error
 from lightning_metanas.data import EpisodicDataModule
 from lightning_metanas.errors import SettingsError
 from lightning_metanas.module import MetaNASModule
@@ -170,25 +171,6 @@ def find_last_checkpoint(trainer: pl.Trainer) -> Path:
         return (int(match.group(1)) if match else -1, path.stat().st_mtime)
 
     return max(candidates, key=order)
-
-
-def describe_load_error(err: Exception) -> str:
-    """One line on why ``torch.load(weights_only=True)`` refused a file (torch's own message
-    spans lines and suggests ``weights_only=False``, which would run code from the file)."""
-    text = str(err)
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-    if found:
-        return (
-            f"it holds a pickled {found.group(1)}, which only running code could rebuild: "
-            "refused, nothing in it was executed"
-        )
-    found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
-    if found:
-        return f"not a torch checkpoint ({found.group(1).strip()})"
-    if "zip archive" in text:
-        return "truncated, damaged or not a torch checkpoint (no valid zip archive)"
-    first = (text.strip().splitlines() or [type(err).__name__])[0]
-    return f"truncated, damaged or not a torch checkpoint ({first})"
 
 
 def check_checkpoint(path: Path, model: Optional[pl.LightningModule] = None) -> dict[str, Any]:

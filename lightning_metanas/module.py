@@ -18,7 +18,7 @@ from lightning_metanas.errors import SettingsError
 from lightning_metanas.maml import MetaConfig, TaskAdapter
 from lightning_metanas.metrics import TaskAccuracy
 from lightning_metanas.samplers import ArchitectureSampler, FixedSampler, UniformSampler
-from lightning_metanas.search_space import Architecture, SearchSpace
+from lightning_metanas.search_space import Architecture, ArchitectureError, SearchSpace
 from lightning_metanas.supernet import SuperNet
 
 
@@ -85,7 +85,11 @@ class MetaNASModule(pl.LightningModule):
         """``reference`` (Conv-4) or an architecture JSON file, checked against the space."""
         if spec == "reference":
             return self.space.reference()
-        return self.space.validate(Architecture.load(spec))
+        try:
+            return self.space.validate(Architecture.load(spec))
+        except ArchitectureError as err:
+            message = str(err)
+            raise ArchitectureError(message if message.startswith(str(spec)) else f"{spec}: {message}") from None
 
     def _initial_sampler(self, train_arch: Optional[str]) -> ArchitectureSampler:
         if train_arch:

@@ -229,7 +229,7 @@ def test_cli_input_errors_are_one_line(tmp_path, capsys):
         ([str(junk), tmp_path / "nowhere"], "image folder not found: " + str(tmp_path / "nowhere")),
         ([str(junk), folder], f"class folder {folder / 'disc'} has 1 image; every class needs at least 2"),
         ([str(junk), tmp_path / "empty"], "has no class folders"),
-        ([str(junk), broken], "cannot be read as a checkpoint with weights_only=True"),
+        ([str(junk), broken], "cannot be loaded with torch.load(weights_only=True): truncated, damaged or not a torch checkpoint"),
         ([str(stub), broken], f"cannot decode image {broken / 'hbars' / '02.png'}"),
         ([str(stub), broken, "--budget", "1"], "--budget must be an integer >= 2, got 1"),
     ]

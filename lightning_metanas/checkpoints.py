@@ -1,0 +1,72 @@
+"""Reading checkpoints that users hand to the entry points (eval.py, adapt.py, train.py's resume).
+
+Always ``torch.load(weights_only=True)``: tensors and plain containers only, so nothing in a
+file can run code. Everything this project stores in a checkpoint (settings as dicts, search
+state, random-generator states) is of those types. Refusals are one line, because torch's own
+message spans many and suggests ``weights_only=False``, the one thing not to do with a file of
+unknown origin.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from lightning_metanas.errors import SettingsError
+
+
+class CheckpointError(SettingsError):
+    """A checkpoint that cannot be used, with what to do about it."""
+
+
+def describe_load_error(err: Exception) -> str:
+    """One line on why ``torch.load(weights_only=True)`` refused a file."""
+    text = str(err)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return (
+            f"it holds a pickled {found.group(1)}, which only running code could rebuild: "
+            "refused, nothing in it was executed"
+        )
+    found = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if found:
+        return f"not a torch checkpoint ({found.group(1).strip()})"
+    if "zip archive" in text:
+        return "truncated, damaged or not a torch checkpoint (no valid zip archive)"
+    first = (text.strip().splitlines() or [type(err).__name__])[0]
+    return f"truncated, damaged or not a torch checkpoint ({first})"
+
+
+def read_checkpoint(path: str | Path, flag: str = "--ckpt_path") -> dict:
+    """A checkpoint written by train.py, loaded without executing anything from it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{flag} {path}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated or not a torch file, or a pickle that needs code
+        raise CheckpointError(
+            f"{flag} {path} cannot be loaded with torch.load(weights_only=True): "
+            f"{describe_load_error(err)}"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise CheckpointError(f"{flag} {path} is not a checkpoint written by train.py")
+    return checkpoint
+
+
+def data_settings(checkpoint: dict) -> Optional[dict]:
+    """The data module's constructor arguments, saved in its checkpoint state."""
+    for key, state in checkpoint.items():
+        if key.endswith("EpisodicDataModule") and isinstance(state, dict) and "settings" in state:
+            return dict(state["settings"])
+    return None
+
+
+def search_state(checkpoint: dict) -> Optional[dict]:
+    """The EvolutionCallback's state (``EvolutionarySearch.state_dict()``), if the run had one."""
+    for key, state in (checkpoint.get("callbacks") or {}).items():
+        if "EvolutionCallback" in key and state:
+            return state
+    return None
