@@ -59,8 +59,9 @@ class EvolutionConfig:
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
 
     def __post_init__(self) -> None:
-        if isinstance(self.predictor, dict):
-            self.predictor = PredictorConfig(**self.predictor)
+        if isinstance(self.predictor, dict):  # from a checkpoint: skip settings since retired
+            known = PredictorConfig.__dataclass_fields__
+            self.predictor = PredictorConfig(**{k: v for k, v in self.predictor.items() if k in known})
 
         def need(ok: bool, message: str) -> None:
             if not ok:
