@@ -97,7 +97,7 @@ class PerformancePredictor:
         between measured scores and out-of-fold predictions (``folds``-fold cross-validation
         over the whole archive, so each entry is predicted by a model that never saw it).
         None while the archive is too small to say anything."""
-        if len(archs) < 8:
+        if len(archs) < self.config.folds + 2:  # every fold predicts, and trains on >= 2
             return None
         x = self._features(archs)
         y = torch.tensor(scores, dtype=torch.float32)
