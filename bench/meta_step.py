@@ -55,7 +55,7 @@ if os.environ.get("META_STEP_BENCH_ROLE"):  # the measuring subprocesses
     from torch import nn
 
     Module = nn.Module
-else:  # the parent only starts them and prints: it stays small (see peak_rss)
+else:  # the parent only starts them and prints: it stays small (see role_memory)
     Module = object
 
 WAYS, SHOTS, QUERIES, META_BATCH = 5, 1, 1, 32
@@ -426,15 +426,20 @@ def main() -> None:
     contenders = list(CONTENDERS) if args.variants else ["plain", "project"]
     configs = [(c, m, k) for k in args.steps for c in contenders for m in MODES[c]]
     key = {c: ":".join(map(str, c)) for c in configs}
+    phases = {}
     with tempfile.TemporaryDirectory() as tmp:
         args.tasks = str(Path(tmp) / "tasks.pt")
+        t0 = time.perf_counter()
         run_role("sample", args)
+        phases["sampling"] = time.perf_counter() - t0
         timing = run_role("time", args, configs=",".join(key.values()),
                           agreement_tasks=args.agreement_tasks)
+        phases["timing + agreement"] = time.perf_counter() - t0 - sum(phases.values())
         memory = {  # the variants are about time: their memory is not measured
             c: run_role("memory", args, configs=key[c]) for c in configs
             if c[0] in ("plain", "project")
         }
+        phases["memory"] = time.perf_counter() - t0 - sum(phases.values())
     load_after = os.getloadavg()
 
     times = {c: timing["times"][key[c]] for c in configs}
@@ -473,7 +478,8 @@ def main() -> None:
             for name, r in rows.items():
                 print(f"| {k} | {name} | {r['median_task_cos']:.3f} | {r['min_task_cos']:.3f} "
                       f"| {r['mean_grad_cos']:.3f} |")
-    print(f"\ntotal bench time: {time.perf_counter() - started:.0f} s")
+    print(f"\ntotal bench time: {time.perf_counter() - started:.0f} s ("
+          + ", ".join(f"{name} {t:.0f} s" for name, t in phases.items()) + ")")
 
 
 if __name__ == "__main__":

@@ -27,9 +27,13 @@ Meta-gradient modes (``MetaConfig.meta_gradient``):
   support gradients, ``H_i v ~ (grad L_s(theta_i + eps v) - grad L_s(theta_i - eps v)) / 2 eps``
   and ``eps = fd_epsilon / ||v||`` (the approximation DARTS uses for its architecture
   gradient). Only first-order graphs are ever built, one at a time: memory stays at
-  first-order level, the gradient near second-order.
+  first-order level. The gradient is near second-order only while the segments
+  ``theta +- eps v`` cross no ReLU or max-pooling kink (there the gradient jumps, and the
+  difference picks up ``jump / 2 eps``): on Conv-4/Omniglot in float32, ``fd_epsilon=1e-5``
+  measured a cosine of ~0.98 to the second-order meta-gradient, the default 0.01 ~0.1
+  (BENCHMARKS.md).
 
-Tasks run in parallel on CPU (``TaskAdapter.meta_gradients``): a few worker threads, each
+Tasks run in parallel on CPU (``TaskAdapter.meta_batch_gradient``): a few worker threads, each
 with one intra-op thread and its own structural copy of the SuperNet (sharing the parameter
 tensors), instead of one task at a time with torch's intra-op threads. The per-task tensors
 of few-shot learning (5 images) are too small for intra-op parallelism to pay, and when the
@@ -43,7 +47,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, Optional, Sequence
+from typing import Callable, Literal, Optional, Sequence
 
 import learn2learn as l2l
 import torch
@@ -74,6 +78,9 @@ class MetaConfig:
         fd_epsilon: scale of the finite-difference step: the parameters move by
             ``eps = fd_epsilon / ||v||`` along the vector ``v`` whose Hessian product is
             approximated, i.e. by a distance of ``fd_epsilon`` (``finite_difference`` only).
+            Smaller crosses fewer ReLU/max-pool kinks but loses float precision: on
+            Conv-4/Omniglot (float32) 1e-5 agreed with ``second_order`` far better than the
+            default 0.01 (see BENCHMARKS.md).
     """
 
     inner_lr: float = 0.4
@@ -118,6 +125,15 @@ class TaskGradient:
     accuracy: torch.Tensor  # query accuracy after adaptation (detached scalar)
     params: list[torch.nn.Parameter]  # the SuperNet parameters the architecture uses
     grads: list[Optional[torch.Tensor]]  # d loss / d param; None where the subnet never reads it
+
+
+@dataclass
+class MetaBatchGradient:
+    """The meta-gradients of a meta-batch's tasks, summed (no graph is left behind)."""
+
+    losses: torch.Tensor  # [tasks] query losses after adaptation (detached)
+    accuracies: torch.Tensor  # [tasks] query accuracies after adaptation (detached)
+    grads: dict[torch.nn.Parameter, torch.Tensor]  # parameter -> sum over tasks; used ones only
 
 
 Grads = list[Optional[torch.Tensor]]
@@ -178,9 +194,6 @@ class _TaskThreads:
             self.local.supernet = net
         return net
 
-    def map(self, fn: Callable, items: Sequence) -> Iterator:
-        return self.executor.map(fn, items)
-
 
 class TaskAdapter:
     """Adapts a subnet to one task and measures it on the query set.
@@ -192,7 +205,7 @@ class TaskAdapter:
         supernet: the weight-sharing network.
         inner_lr: SGD step size of the adaptation.
         fd_epsilon: finite-difference scale (``eps = fd_epsilon / ||v||``).
-        workers: threads that ``meta_gradients`` spreads the tasks of a meta-batch over, on
+        workers: threads that ``meta_batch_gradient`` spreads a meta-batch's tasks over, on
             CPU; ``None``: as many as torch's intra-op threads; 1: one task after the other
             in the calling thread.
 
@@ -311,29 +324,58 @@ class TaskAdapter:
         loss = F.cross_entropy(logits, query[1])
         return TaskResult(loss, _accuracy(logits, query[1]))
 
-    def meta_gradients(
+    def meta_batch_gradient(
         self,
         archs: Sequence[Architecture],
         batch: Sequence[torch.Tensor],
         steps: int,
         mode: MetaGradient,
         fd_epsilon: Optional[float] = None,
-    ) -> Iterator[TaskGradient]:
+    ) -> MetaBatchGradient:
         """``meta_gradient`` of every task of a meta-batch ``(support_x, support_y, query_x,
-        query_y)`` (leading task axis; task ``t`` adapts ``archs[t]``), in task order. On CPU
-        the tasks are spread over worker threads (see ``workers``)."""
-        support_x, support_y, query_x, query_y = batch
+        query_y)`` (leading task axis; task ``t`` adapts ``archs[t]``), summed.
 
-        def task(t: int) -> TaskGradient:
-            return self.meta_gradient(
+        On CPU the tasks are spread over worker threads (see ``workers``). Whichever thread
+        finishes a task adds it to the sum once all earlier tasks are in, so the sum is taken
+        in task order (the same floating-point result as one thread's) while at most a few
+        tasks' gradients wait in memory, and this thread computes nothing meanwhile."""
+        support_x, support_y, query_x, query_y = batch
+        n = len(archs)
+        losses: list[Optional[torch.Tensor]] = [None] * n
+        accuracies: list[Optional[torch.Tensor]] = [None] * n
+        total: dict[torch.nn.Parameter, torch.Tensor] = {}
+        pending: dict[int, TaskGradient] = {}
+        lock = threading.Lock()
+        next_task = [0]
+
+        def add(t: int, result: TaskGradient) -> None:
+            losses[t], accuracies[t] = result.loss, result.accuracy
+            for p, g in zip(result.params, result.grads):
+                if g is not None:
+                    if p in total:
+                        total[p].add_(g)
+                    else:
+                        total[p] = g.clone()
+
+        def task(t: int) -> None:
+            result = self.meta_gradient(
                 archs[t], (support_x[t], support_y[t]), (query_x[t], query_y[t]),
                 steps, mode, fd_epsilon,
             )
+            with lock:
+                pending[t] = result
+                while next_task[0] in pending:
+                    add(next_task[0], pending.pop(next_task[0]))
+                    next_task[0] += 1
 
-        threads = self._task_threads(len(archs), support_x.device)
+        threads = self._task_threads(n, support_x.device)
         if threads is None:
-            return (task(t) for t in range(len(archs)))
-        return threads.map(task, range(len(archs)))
+            for t in range(n):
+                task(t)
+        else:
+            for future in [threads.executor.submit(task, t) for t in range(n)]:
+                future.result()
+        return MetaBatchGradient(torch.stack(losses), torch.stack(accuracies), total)
 
     def _task_threads(self, tasks: int, device: torch.device) -> Optional[_TaskThreads]:
         workers = torch.get_num_threads() if self.workers is None else self.workers
@@ -356,8 +398,8 @@ class TaskAdapter:
         fd_epsilon: Optional[float] = None,
     ) -> TaskGradient:
         """The task's query loss after ``steps`` inner steps and its meta-gradient w.r.t. the
-        parameters ``arch`` uses, computed here and now: each task's graphs are freed before
-        the next task starts, so memory holds one task's graph, not a meta-batch's.
+        parameters ``arch`` uses, computed here and now: the task's graphs are freed on
+        return, so a meta-batch never holds more than one graph per thread.
         ``fd_epsilon`` overrides the adapter's for ``finite_difference``."""
         names, leaves = self._used(arch)
         forward = self._forward(arch, names)

@@ -107,35 +107,28 @@ class MetaNASModule(pl.LightningModule):
 
     # -- meta-training -------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        """One meta-batch: every task's meta-gradient is computed explicitly (and its graph
-        freed) by the adapter; the step returns a surrogate of the mean query loss whose value
-        is that loss and whose gradient w.r.t. the SuperNet is the mean meta-gradient, so
-        Lightning's one ``backward()`` per meta-batch (and DDP's gradient averaging in it)
-        applies it. Memory holds one task's graph per worker thread, not a meta-batch's."""
+        """One meta-batch: the adapter computes every task's meta-gradient explicitly (each
+        task's graph is freed when its gradient is taken; on CPU, tasks run on worker threads)
+        and sums them; the step returns a surrogate of the mean query loss whose value is that
+        loss and whose gradient w.r.t. the SuperNet is the mean meta-gradient, so Lightning's
+        one ``backward()`` per meta-batch (and DDP's gradient averaging in it) applies it."""
         support_x, support_y, query_x, query_y = batch
         batch_size = support_x.shape[0]
-        losses, accuracies = [], []
-        total: dict[torch.nn.Parameter, torch.Tensor] = {}  # parameter -> summed meta-gradient
         rng = self.step_rng()
         archs = [self.sampler.sample(rng) for _ in range(batch_size)]
-        self.last_step_archs = archs  # named by callbacks.guards.FiniteLossGuard on a NaN
-        results = self.adapter.meta_gradients(  # on CPU, tasks run on parallel threads
+        result = self.adapter.meta_batch_gradient(
             archs,
             batch,
             steps=self.meta.inner_steps,
             mode=self.meta.meta_gradient,
             fd_epsilon=self.meta.fd_epsilon,
         )
-        for result in results:
-            for p, g in zip(result.params, result.grads):
-                if g is not None:
-                    total[p] = total[p] + g if p in total else g
-            losses.append(result.loss)
-            accuracies.append(result.accuracy)
-        loss = torch.stack(losses).mean()
-        surrogate = sum(((p * (g / batch_size)).sum() for p, g in total.items()), loss.new_zeros(()))
+        loss = result.losses.mean()
+        surrogate = sum(
+            ((p * (g / batch_size)).sum() for p, g in result.grads.items()), loss.new_zeros(())
+        )
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self.log("train/acc", torch.stack(accuracies).mean(), prog_bar=True, batch_size=batch_size)
+        self.log("train/acc", result.accuracies.mean(), prog_bar=True, batch_size=batch_size)
         return surrogate - surrogate.detach() + loss
 
     # -- evaluation ----------------------------------------------------------------------

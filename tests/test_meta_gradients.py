@@ -258,25 +258,32 @@ def test_meta_config_validates_the_new_settings():
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_parallel_tasks_give_the_sequential_meta_gradients(mode):
+def test_meta_batch_gradient_is_the_sum_of_task_meta_gradients_on_threads_or_not(mode):
     net = _supernet()
-    batch = _batch(tasks=4, seed=11)
-    archs = [ARCHS[t % len(ARCHS)] for t in range(4)]
+    batch = _batch(tasks=5, seed=11)
+    archs = [ARCHS[t % len(ARCHS)] for t in range(5)]
     threads_before = torch.get_num_threads()
-    parallel = list(
-        TaskAdapter(net, 0.3, workers=2).meta_gradients(archs, batch, steps=2, mode=mode)
-    )
+    parallel = TaskAdapter(net, 0.3, workers=2).meta_batch_gradient(archs, batch, 2, mode)
     assert torch.get_num_threads() == threads_before  # the process setting is left alone
-    sequential = list(
-        TaskAdapter(net, 0.3, workers=1).meta_gradients(archs, batch, steps=2, mode=mode)
-    )
-    for p, s in zip(parallel, sequential):
-        assert [id(x) for x in p.params] == [id(x) for x in s.params]
-        torch.testing.assert_close(p.loss, s.loss, rtol=1e-6, atol=0)
-        for a, b in zip(p.grads, s.grads):
-            assert (a is None) == (b is None)
-            if a is not None:
-                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    sequential = TaskAdapter(net, 0.3, workers=1).meta_batch_gradient(archs, batch, 2, mode)
+
+    single = TaskAdapter(net, 0.3, workers=1)
+    expected: dict = {}
+    for t, arch in enumerate(archs):
+        r = single.meta_gradient(
+            arch, (batch[0][t], batch[1][t]), (batch[2][t], batch[3][t]), 2, mode
+        )
+        torch.testing.assert_close(parallel.losses[t], r.loss, rtol=1e-6, atol=0)
+        assert parallel.accuracies[t] == r.accuracy
+        for p, g in zip(r.params, r.grads):
+            if g is not None:
+                expected[p] = expected[p] + g if p in expected else g
+    for result in (parallel, sequential):
+        assert result.grads.keys() == expected.keys()
+        for p, g in expected.items():
+            torch.testing.assert_close(result.grads[p], g, rtol=1e-5, atol=1e-7)
+    used = {id(p) for arch in archs for _, p in net.parameters_of(arch)}
+    assert {id(p) for p in parallel.grads} <= used
 
 
 def test_adapter_pickles_after_using_threads():
@@ -285,11 +292,11 @@ def test_adapter_pickles_after_using_threads():
     net = _supernet()
     adapter = TaskAdapter(net, 0.3, workers=2)
     batch = _batch(tasks=2)
-    list(adapter.meta_gradients([ARCHS[0]] * 2, batch, steps=1, mode="first_order"))
+    adapter.meta_batch_gradient([ARCHS[0]] * 2, batch, steps=1, mode="first_order")
     clone = pickle.loads(pickle.dumps(adapter))
     assert clone._threads is None
-    results = list(clone.meta_gradients([ARCHS[0]] * 2, batch, steps=1, mode="first_order"))
-    assert all(torch.isfinite(g).all() for r in results for g in r.grads if g is not None)
+    result = clone.meta_batch_gradient([ARCHS[0]] * 2, batch, steps=1, mode="first_order")
+    assert all(torch.isfinite(g).all() for g in result.grads.values())
 
 
 def test_module_deepcopies_and_pickles_with_its_adapter():
