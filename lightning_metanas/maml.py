@@ -30,8 +30,8 @@ Meta-gradient modes (``MetaConfig.meta_gradient``):
   first-order level. The gradient is near second-order only while the segments
   ``theta +- eps v`` cross no ReLU or max-pooling kink (there the gradient jumps, and the
   difference picks up ``jump / 2 eps``): on Conv-4/Omniglot in float32, ``fd_epsilon=1e-5``
-  measured a cosine of ~0.98 to the second-order meta-gradient, the default 0.01 ~0.1
-  (BENCHMARKS.md).
+  measured a cosine of ~0.98 to the second-order meta-gradient (hence the default), DARTS'
+  0.01 ~0.1 (BENCHMARKS.md).
 
 Tasks run in parallel on CPU (``TaskAdapter.meta_batch_gradient``): a few worker threads, each
 with one intra-op thread and its own structural copy of the SuperNet (sharing the parameter
@@ -79,8 +79,8 @@ class MetaConfig:
             ``eps = fd_epsilon / ||v||`` along the vector ``v`` whose Hessian product is
             approximated, i.e. by a distance of ``fd_epsilon`` (``finite_difference`` only).
             Smaller crosses fewer ReLU/max-pool kinks but loses float precision: on
-            Conv-4/Omniglot (float32) 1e-5 agreed with ``second_order`` far better than the
-            default 0.01 (see BENCHMARKS.md).
+            Conv-4/Omniglot (float32) 1e-5 agreed with ``second_order`` far better than
+            DARTS' 0.01 (see BENCHMARKS.md).
     """
 
     inner_lr: float = 0.4
@@ -88,7 +88,7 @@ class MetaConfig:
     eval_inner_steps: int = 3
     meta_lr: float = 0.003
     meta_gradient: MetaGradient = "first_order"
-    fd_epsilon: float = 0.01
+    fd_epsilon: float = 1e-5
 
     def __post_init__(self) -> None:
         # SettingsError: a user's mistake, printed by the entry points as one line.
@@ -219,7 +219,7 @@ class TaskAdapter:
         self,
         supernet: SuperNet,
         inner_lr: float,
-        fd_epsilon: float = 0.01,
+        fd_epsilon: float = 1e-5,
         workers: Optional[int] = None,
     ) -> None:
         if not fd_epsilon > 0:

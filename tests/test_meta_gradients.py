@@ -10,7 +10,7 @@ Tolerances:
   Why float64 and a small epsilon: ReLU and max pooling make the gradient piecewise smooth,
   with jumps where a unit switches on/off or a pooling window changes its argmax. When the
   segment ``theta +- eps v`` crosses such a kink, the central difference picks up
-  ``jump / (2 eps)`` and nothing of the Hessian is left. At the default ``fd_epsilon=0.01``
+  ``jump / (2 eps)`` and nothing of the Hessian is left. At DARTS' ``fd_epsilon=0.01``
   (a parameter move of norm 0.01) this tiny network crosses several kinks per difference
   (measured: cosine to second-order ~0), so the test checks the algorithm where the
   Hessian is well defined on the whole segment; BENCHMARKS.md reports the agreement on Conv-4
