@@ -248,7 +248,7 @@ def test_second_order_training_step_gradient_equals_the_mean_meta_loss_gradient(
 
 
 def test_meta_config_validates_the_new_settings():
-    assert MetaConfig(meta_gradient="finite_difference").fd_epsilon == 0.01
+    assert MetaConfig(meta_gradient="finite_difference").fd_epsilon == 1e-5
     with pytest.raises(ValueError, match="fd_epsilon"):
         MetaConfig(fd_epsilon=0)
     with pytest.raises(ValueError, match="finite_difference"):
