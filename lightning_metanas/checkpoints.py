@@ -39,18 +39,23 @@ def describe_load_error(err: Exception) -> str:
     return f"truncated, damaged or not a torch checkpoint ({first})"
 
 
-def read_checkpoint(path: str | Path, flag: str = "--ckpt_path") -> dict:
-    """A checkpoint written by train.py, loaded without executing anything from it."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{flag} {path}: no such file")
+def load_weights_only(path: str | Path, flag: str = "--ckpt_path") -> object:
+    """``torch.load(weights_only=True)``, with a one-line refusal."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated or not a torch file, or a pickle that needs code
         raise CheckpointError(
             f"{flag} {path} cannot be loaded with torch.load(weights_only=True): "
             f"{describe_load_error(err)}"
         ) from None
+
+
+def read_checkpoint(path: str | Path, flag: str = "--ckpt_path") -> dict:
+    """A checkpoint written by train.py, loaded without executing anything from it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{flag} {path}: no such file")
+    checkpoint = load_weights_only(path, flag)
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise CheckpointError(f"{flag} {path} is not a checkpoint written by train.py")
     return checkpoint

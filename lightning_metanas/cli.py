@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytorch_lightning as pl
-import torch
 from jsonargparse import lazy_instance
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger
 
-from lightning_metanas.checkpoints import describe_load_error
+from lightning_metanas.checkpoints import load_weights_only
 from lightning_metanas.data import EpisodicDataModule
 from lightning_metanas.errors import SettingsError
 from lightning_metanas.module import MetaNASModule
@@ -175,13 +174,7 @@ def find_last_checkpoint(trainer: pl.Trainer) -> Path:
 
 def check_checkpoint(path: Path, model: Optional[pl.LightningModule] = None) -> dict[str, Any]:
     """Load ``path`` as ``fit`` will (``weights_only=True``) and check it can resume ``model``."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated or not a torch file, or a pickle that needs code
-        raise SettingsError(
-            f"--ckpt_path {path} cannot be loaded with torch.load(weights_only=True): "
-            f"{describe_load_error(err)}"
-        ) from None
+    checkpoint = load_weights_only(path)
     missing = [k for k in ("state_dict", "optimizer_states", "loops") if not (
         isinstance(checkpoint, dict) and k in checkpoint)]
     if missing:
