@@ -1,4 +1,6 @@
-"""When the evolutionary search runs: one or more generations at the end of each training epoch.
+"""When the evolutionary search runs: one or more generations at the end of each training epoch,
+until ``evolution.generations`` have run; the remaining epochs meta-train the best architecture
+alone.
 
 The algorithm is ``lightning_metanas.evolution.EvolutionarySearch``; this callback only
 schedules it, shards the real scoring over DDP ranks, broadcasts rank 0's decisions, hands the
@@ -20,7 +22,7 @@ from pytorch_lightning.callbacks import Callback
 
 from callbacks.progress import scoring_progress
 from lightning_metanas.evolution import EvolutionarySearch, EvolutionConfig, GenerationReport
-from lightning_metanas.samplers import PopulationSampler
+from lightning_metanas.samplers import FixedSampler, PopulationSampler
 from lightning_metanas.scoring import Tasks, score_architectures, stack_tasks
 from lightning_metanas.search_space import Architecture
 
@@ -63,6 +65,8 @@ class EvolutionCallback(Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for _ in range(self.config.generations_per_epoch):
+            if self.search.finished:
+                break
             self.run_generation(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
@@ -138,6 +142,9 @@ class EvolutionCallback(Callback):
         )
 
     def _install_sampler(self, pl_module: pl.LightningModule) -> None:
+        if self.search.finished:  # the search is over: meta-train its best architecture alone
+            pl_module.sampler = FixedSampler(self.search.best().arch)
+            return
         pl_module.sampler = PopulationSampler(
             pl_module.space,
             [m.arch for m in self.search.population],

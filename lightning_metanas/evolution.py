@@ -42,6 +42,12 @@ class EvolutionConfig:
         uniform_share: share of meta-train tasks that get a uniformly sampled architecture
             rather than a population member, so the SuperNet keeps covering the space.
         generations_per_epoch: generations run at the end of each training epoch.
+        generations: stop evolving after this many generations; the remaining epochs
+            meta-train the best architecture alone (the final training of a searched network,
+            inside the same run and meta-training budget). ``None``: evolve until the end.
+        strategy: ``evolution`` (crossover and mutation of the population, screened by the
+            predictor) or ``random`` (fresh uniform samples, no predictor: the random-search
+            baseline with the same scoring, selection and budget).
         predictor: the performance predictor's settings.
     """
 
@@ -56,6 +62,8 @@ class EvolutionConfig:
     rescore_population: bool = True
     uniform_share: float = 0.25
     generations_per_epoch: int = 1
+    generations: Optional[int] = None
+    strategy: Literal["evolution", "random"] = "evolution"
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
 
     def __post_init__(self) -> None:
@@ -89,6 +97,14 @@ class EvolutionConfig:
         need(
             self.generations_per_epoch >= 1,
             f"generations_per_epoch must be >= 1, got {self.generations_per_epoch}",
+        )
+        need(
+            self.generations is None or self.generations >= 1,
+            f"generations must be >= 1 or null (evolve until the end), got {self.generations}",
+        )
+        need(
+            self.strategy in ("evolution", "random"),
+            f"strategy must be one of ['evolution', 'random'], got {self.strategy!r}",
         )
 
 
@@ -162,11 +178,31 @@ class EvolutionarySearch:
                 children.append(child)
         return children
 
+    def fresh(self, n: int) -> list[Architecture]:
+        """Up to ``n`` distinct uniform samples not in the population nor already scored."""
+        taken = {m.arch for m in self.population} | set(self.archive)
+        archs: list[Architecture] = []
+        for _ in range(50 * n):
+            if len(archs) == n:
+                break
+            arch = self.space.sample(self.rng)
+            if arch not in taken and arch not in archs:
+                archs.append(arch)
+        return archs
+
+    @property
+    def finished(self) -> bool:
+        """True once the configured number of generations has run."""
+        return self.config.generations is not None and self.generation >= self.config.generations
+
     def propose(self) -> list[Architecture]:
         """The architectures to score this generation: the first population, or offspring
-        screened by the predictor once it is trusted (random picks from the pool before)."""
+        screened by the predictor once it is trusted (random picks from the pool before);
+        under the ``random`` strategy, fresh uniform samples."""
         if not self.population:
             return self.initial_population()
+        if self.config.strategy == "random":
+            return self.fresh(self.config.offspring)
         pool = self.breed(self.config.pool_size)
         if len(pool) <= self.config.offspring:
             return pool
@@ -207,8 +243,8 @@ class EvolutionarySearch:
                 ranked = sorted(self.population, key=lambda m: m.score, reverse=True)
                 keep = {id(m) for m in ranked[: self.config.population_size]}
                 self.population = [m for m in self.population if id(m) in keep]
-        predictor_used = self.predictor.ready
-        if self.generation % self.config.predictor.retrain_every == 0:
+        predictor_used = self.predictor.ready and self.config.strategy == "evolution"
+        if self.config.strategy == "evolution" and self.generation % self.config.predictor.retrain_every == 0:
             self.predictor_tau = self.predictor.fit(list(self.archive), list(self.archive.values()))
         best = self.best()
         scores = [m.score for m in self.population]

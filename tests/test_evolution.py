@@ -27,23 +27,47 @@ def run(config, generations, seed=0, score=toy_score):
     return search
 
 
-def random_search_best(budget, seed):
-    rng = random.Random(seed)
-    return max(toy_score(SPACE.sample(rng)) for _ in range(budget))
-
-
 def test_evolution_beats_random_search_at_equal_budget():
     config = EvolutionConfig(
         population_size=10, offspring=6, pool_size=6, rescore_population=False,
         predictor=PredictorConfig(retrain_every=100),  # no screening here: EA alone
     )
+    random_config = EvolutionConfig(**{**vars(config), "strategy": "random"})
     evo, rnd = [], []
     for seed in range(5):
         search = run(config, 15, seed=seed)
-        evo.append(search.best().score)
-        rnd.append(random_search_best(len(search.archive), seed))
-        assert len(search.archive) == 10 + 14 * 6  # every scoring is a new architecture
+        baseline = run(random_config, 15, seed=seed)
+        # every scoring is a new architecture, so both spent the same real-scoring budget
+        assert len(search.archive) == len(baseline.archive) == 10 + 14 * 6
+        evo.append(max(search.archive.values()))
+        rnd.append(max(baseline.archive.values()))
     assert sum(evo) / 5 > sum(rnd) / 5 + 0.05, (evo, rnd)
+
+
+def test_random_strategy_proposes_fresh_uniform_samples_without_the_predictor():
+    config = EvolutionConfig(
+        population_size=6, offspring=4, pool_size=12, strategy="random",
+        predictor=PredictorConfig(min_archive=6),
+    )
+    search = EvolutionarySearch(SPACE, config, seed=1)
+    search.accept({a: toy_score(a) for a in search.to_score(search.propose())})
+    for _ in range(6):
+        scored_before = set(search.archive)
+        proposals = search.propose()
+        assert len(proposals) == 4 and not scored_before & set(proposals)
+        search.accept({a: toy_score(a) for a in search.to_score(proposals)})
+    assert not search.predictor.ready and search.predictor_tau is None and not search.predicted
+    # a different seed draws different architectures: proposals come from the search's rng
+    other = run(config, 7, seed=2)
+    assert set(other.archive) != set(search.archive)
+
+
+def test_search_finishes_after_the_configured_generations():
+    search = run(EvolutionConfig(population_size=6, offspring=3, pool_size=6, generations=4), 3)
+    assert not search.finished
+    search.accept({a: toy_score(a) for a in search.to_score(search.propose())})
+    assert search.finished and search.generation == 4
+    assert not run(EvolutionConfig(population_size=6, offspring=3, pool_size=6), 20).finished
 
 
 def test_population_size_and_selection_rules():
@@ -121,8 +145,32 @@ def test_population_sampler_mixes_uniform_samples():
         ({"selection": "roulette"}, "evolution.selection must be one of"),
         ({"population_size": 4, "tournament_size": 5}, "tournament_size must be between 2 and"),
         ({"uniform_share": 1.5}, r"uniform_share must be in \[0, 1\]"),
+        ({"generations": 0}, r"evolution.generations must be >= 1 or null"),
+        ({"strategy": "grid"}, r"evolution.strategy must be one of \['evolution', 'random'\]"),
     ],
 )
 def test_bad_evolution_settings_name_the_setting(kwargs, message):
     with pytest.raises(EvolutionSettingsError, match=message):
         EvolutionConfig(**kwargs)
+
+
+def test_callback_meta_trains_the_best_architecture_alone_once_the_search_is_over():
+    from callbacks.evolution import EvolutionCallback
+    from lightning_metanas.module import MetaNASModule
+    from lightning_metanas.samplers import FixedSampler
+
+    space = SearchSpace(widths=(8, 16), depths=(2, 3))
+    module = MetaNASModule(ways=3, search_space=space)
+    callback = EvolutionCallback(EvolutionConfig(population_size=4, offspring=2, pool_size=2, generations=2))
+    callback.search = EvolutionarySearch(space, callback.config, seed=0)
+    search = callback.search
+    search.accept({a: toy_score(a) for a in search.to_score(search.propose())})
+    callback._install_sampler(module)
+    assert isinstance(module.sampler, PopulationSampler)
+    search.accept({a: toy_score(a) for a in search.to_score(search.propose())})
+    callback._install_sampler(module)
+    assert isinstance(module.sampler, FixedSampler)
+    assert module.sampler.arch == search.best().arch == module.evaluated_architecture()
+    history = list(search.history)
+    callback.on_train_epoch_end(trainer=None, pl_module=module)  # no generation runs any more
+    assert search.history == history and search.generation == 2

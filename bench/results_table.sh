@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The four-setting table of RESULTS.md: Conv-4 (MAML baseline) vs searched architecture at
+# equal meta-training budget, Omniglot 5w1s, 5w5s, 20w1s, 20w5s, seed 0. Two lanes of runs side
+# by side, one torch thread each (2-core machine); each lane runs its four in turn. Every run
+# is the command written in its configs/results/omniglot_*.yaml header; logs go to
+# runs/results_logs/, results to runs/results_<setting>_<arm>/version_N/test_result.json.
+#   bash bench/results_table.sh            # ~1.5 hours here
+#   .venv/bin/python bench/results_table.py  # the markdown table from the newest runs
+set -u
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+mkdir -p runs/results_logs
+export OMP_NUM_THREADS=1 PYTHONWARNINGS=ignore WANDB_MODE=disabled
+
+arm() {  # setting arm
+  local setting=$1 arm=$2 extra=()
+  if [ "$arm" = search ]; then
+    # the searched arm's flags, from the config's header line
+    read -r -a extra <<<"$(grep '^#   searched:' "configs/results/omniglot_$setting.yaml" \
+      | sed 's/.*--config configs\/results\/omniglot_[0-9a-z]*\.yaml //; s/ --trainer.logger.*//')"
+  else
+    extra=(--model.train_arch=reference)
+  fi
+  local start=$SECONDS
+  "$PY" train.py --config "configs/results/omniglot_$setting.yaml" "${extra[@]}" \
+    --trainer.logger.init_args.name="results_${setting}_$arm" \
+    >"runs/results_logs/${setting}_$arm.log" 2>&1
+  echo "$setting $arm rc=$? wall_s=$((SECONDS - start))" | tee -a runs/results_logs/walltimes.txt
+}
+
+lane() { for run in "$@"; do arm ${run/:/ }; done; }
+
+lane ${LANE_A:-20w5s:search 5w1s:search 5w5s:conv4 20w1s:conv4} &
+lane ${LANE_B:-20w5s:conv4 20w1s:search 5w5s:search 5w1s:conv4} &
+wait
