@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = [
@@ -146,3 +147,22 @@ def test_ddp_two_processes_share_population_and_shard_scoring(tmp_path):
     archs = [Architecture.from_dict(m["arch"]) for m in state["population"]]
     scores = score_architectures(model.adapter, archs, tasks, model.meta.eval_inner_steps)
     assert scores == pytest.approx([m["score"] for m in state["population"]], abs=1e-6)
+
+
+@pytest.mark.parametrize("setting", ["5w1s", "5w5s", "20w1s", "20w5s"])
+def test_results_commands_parse_with_equal_budgets(setting):
+    """The two commands of each configs/results file (as RESULTS.md prints them) resolve to
+    the same data and budget, differing only in how the SuperNet is meta-trained."""
+    text = (ROOT / "configs" / "results" / f"omniglot_{setting}.yaml").read_text()
+    configs = {}
+    for arm in ("Conv-4 (MAML baseline)", "searched"):
+        line = next(l for l in text.splitlines() if l.startswith(f"#   {arm}:"))
+        args = line.split("python train.py ", 1)[1].split()
+        configs[arm] = yaml.safe_load(run("train.py", *args, "--print_config").stdout)
+    conv4, search = configs["Conv-4 (MAML baseline)"], configs["searched"]
+    assert conv4["data"] == search["data"] and conv4["data"]["shots"] == int(setting[-2])
+    assert conv4["trainer"]["max_epochs"] == search["trainer"]["max_epochs"]
+    assert conv4["model"]["train_arch"] == "reference" and search["model"]["train_arch"] is None
+    evolution = search["trainer"]["callbacks"][-1]["init_args"]["evolution"]
+    assert 1 <= evolution["generations"] < search["trainer"]["max_epochs"]
+    assert evolution["strategy"] == "evolution"
