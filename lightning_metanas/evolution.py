@@ -162,33 +162,31 @@ class EvolutionarySearch:
         )
         return max(contenders, key=lambda m: m.score).arch
 
-    def breed(self, n: int) -> list[Architecture]:
-        """Up to ``n`` distinct children not in the population nor already scored."""
+    def _unseen(self, n: int, draw) -> list[Architecture]:
+        """Up to ``n`` distinct draws not in the population nor already scored."""
         taken = {m.arch for m in self.population} | set(self.archive)
-        children: list[Architecture] = []
+        found: list[Architecture] = []
         for _ in range(50 * n):
-            if len(children) == n:
+            if len(found) == n:
                 break
-            if self.rng.random() < self.config.crossover_prob:
-                child = self.space.crossover(self._parent(), self._parent(), self.rng)
-                child = self.space.mutate(child, self.rng, self.config.mutation_prob)
-            else:
-                child = self.space.mutate(self._parent(), self.rng, self.config.mutation_prob)
-            if child not in taken and child not in children:
-                children.append(child)
-        return children
+            arch = draw()
+            if arch not in taken and arch not in found:
+                found.append(arch)
+        return found
+
+    def _child(self) -> Architecture:
+        if self.rng.random() < self.config.crossover_prob:
+            child = self.space.crossover(self._parent(), self._parent(), self.rng)
+            return self.space.mutate(child, self.rng, self.config.mutation_prob)
+        return self.space.mutate(self._parent(), self.rng, self.config.mutation_prob)
+
+    def breed(self, n: int) -> list[Architecture]:
+        """Up to ``n`` distinct children by crossover and mutation, none seen before."""
+        return self._unseen(n, self._child)
 
     def fresh(self, n: int) -> list[Architecture]:
-        """Up to ``n`` distinct uniform samples not in the population nor already scored."""
-        taken = {m.arch for m in self.population} | set(self.archive)
-        archs: list[Architecture] = []
-        for _ in range(50 * n):
-            if len(archs) == n:
-                break
-            arch = self.space.sample(self.rng)
-            if arch not in taken and arch not in archs:
-                archs.append(arch)
-        return archs
+        """Up to ``n`` distinct uniform samples, none seen before (the random strategy)."""
+        return self._unseen(n, lambda: self.space.sample(self.rng))
 
     @property
     def finished(self) -> bool:
