@@ -2,9 +2,10 @@
 
     .venv/bin/python bench/results_table.py
 
-Reads the newest ``runs/results_<setting>_<arm>/version_N/test_result.json`` of each setting
-and arm, the searched arm's ``best_arch.json`` and ``runs/results_logs/walltimes.txt``; prints
-one markdown row per setting, the published figures marked as published.
+Reads the newest ``runs/results_<setting>_<arm>[_seedN]/version_N/test_result.json`` of each
+setting, arm and seed (seed 0 from ``bench/results_table.sh``, further seeds from
+``bench/results_seed.sh``) and ``runs/results_logs/walltimes.txt``; prints one markdown row per
+setting and seed, the published figures marked as published.
 """
 from __future__ import annotations
 
@@ -46,18 +47,22 @@ def main() -> int:
     print("| --- | --- | --- | --- | --- |")
     notes = []
     for setting, (label, maml, tnas) in SETTINGS.items():
-        cells = []
-        for arm in ("search", "conv4"):
-            result = newest(f"results_{setting}_{arm}")
-            if result is None:
-                cells.append("not run")
-                continue
-            r = json.loads(result.read_text())
-            wall = times.get(f"{setting}_{arm}")
-            minutes = f", {wall / 60:.0f} min" if wall else ""
-            cells.append(f"{100 * r['acc']:.2f} ± {100 * r['acc_ci95']:.2f}{minutes}")
-            notes.append(f"- {label}, {arm}: `{arch_name(r['arch'])}`, {r['tasks']} test tasks, {result.parent.relative_to(ROOT)}")
-        print(f"| {label} | {cells[0]} | {cells[1]} | {maml} | {tnas} |")
+        further = sorted({p.name.rsplit("_", 1)[1] for p in (ROOT / "runs").glob(f"results_{setting}_*_seed*")})
+        for suffix in ["", *(f"_{s}" for s in further)]:
+            cells = []
+            for arm in ("search", "conv4"):
+                result = newest(f"results_{setting}_{arm}{suffix}")
+                if result is None:
+                    cells.append("not run")
+                    continue
+                r = json.loads(result.read_text())
+                wall = times.get(f"{setting}_{arm}{suffix}")
+                minutes = f", {wall / 60:.0f} min" if wall else ""
+                cells.append(f"{100 * r['acc']:.2f} ± {100 * r['acc_ci95']:.2f}{minutes}")
+                notes.append(f"- {label}{suffix}, {arm}: `{arch_name(r['arch'])}`, {r['tasks']} test tasks, {result.parent.relative_to(ROOT)}")
+            seed = f" (seed {suffix[5:]})" if suffix else " (seed 0)"
+            published = (maml, tnas) if not suffix else ("", "")
+            print(f"| {label}{seed} | {cells[0]} | {cells[1]} | {published[0]} | {published[1]} |")
     print()
     print("\n".join(notes))
     return 0
