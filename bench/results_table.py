@@ -65,6 +65,15 @@ def main() -> int:
             print(f"| {label}{seed} | {cells[0]} | {cells[1]} | {published[0]} | {published[1]} |")
     print()
     print("\n".join(notes))
+    alone = [(label, newest(f"results_{setting}_alone")) for setting, (label, _, _) in SETTINGS.items()]
+    if any(result for _, result in alone):
+        print("\nThe searched architecture meta-trained alone (train_arch=best_arch.json), same budget:\n")
+        print("| setting | searched architecture alone | run |")
+        print("| --- | --- | --- |")
+        for label, result in alone:
+            if result is not None:
+                r = json.loads(result.read_text())
+                print(f"| {label} | {100 * r['acc']:.2f} ± {100 * r['acc_ci95']:.2f} | {result.parent.relative_to(ROOT)} |")
     return 0
 
 
