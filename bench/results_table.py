@@ -59,7 +59,8 @@ def main() -> int:
                 wall = times.get(f"{setting}_{arm}{suffix}")
                 minutes = f", {wall / 60:.0f} min" if wall else ""
                 cells.append(f"{100 * r['acc']:.2f} ± {100 * r['acc_ci95']:.2f}{minutes}")
-                notes.append(f"- {label}{suffix}, {arm}: `{arch_name(r['arch'])}`, {r['tasks']} test tasks, {result.parent.relative_to(ROOT)}")
+                seed_label = f" (seed {suffix[5:]})" if suffix else ""
+                notes.append(f"- {label}{seed_label}, {arm}: `{arch_name(r['arch'])}`, {r['tasks']} test tasks, {result.parent.relative_to(ROOT)}")
             seed = f" (seed {suffix[5:]})" if suffix else " (seed 0)"
             published = (maml, tnas) if not suffix else ("", "")
             print(f"| {label}{seed} | {cells[0]} | {cells[1]} | {published[0]} | {published[1]} |")
