@@ -241,7 +241,7 @@ class EvolutionarySearch:
                 ranked = sorted(self.population, key=lambda m: m.score, reverse=True)
                 keep = {id(m) for m in ranked[: self.config.population_size]}
                 self.population = [m for m in self.population if id(m) in keep]
-        predictor_used = self.predictor.ready and self.config.strategy == "evolution"
+        predictor_used = self.predictor.ready  # never under ``random``: it is never fitted
         if self.config.strategy == "evolution" and self.generation % self.config.predictor.retrain_every == 0:
             self.predictor_tau = self.predictor.fit(list(self.archive), list(self.archive.values()))
         best = self.best()
