@@ -11,8 +11,10 @@ ground-truth rank of the SuperNet's top-1, the overlap of the top 5, and the noi
     .venv/bin/python bench/ranking.py --method uniform           # train (if needed) and score
     .venv/bin/python bench/ranking.py --method all --plot_only   # the scatter plots again
 
-Writes ``bench/ranking/omniglot_5w1s_<method>.json`` and ``..._<method>.png``; the training run
-lives in ``runs/ranking/<method>/`` and is reused when its ``last.ckpt`` is complete.
+Writes ``bench/ranking/omniglot_5w1s_<method>.json`` and ``..._<method>.png``. A method is a
+training (``TRAININGS``) plus a way of scoring; the training run lives in
+``runs/ranking/<training>/``, shared by the methods that only score differently, and is reused
+once it has finished.
 """
 from __future__ import annotations
 
@@ -41,22 +43,29 @@ from lightning_metanas.search_space import Architecture  # noqa: E402
 
 BASE = ["--config", "configs/results/omniglot_5w1s.yaml", "--trainer.max_epochs=6"]
 SEARCH = ["--config", "configs/results/search.yaml"]
-# method: (train.py flags after BASE, scoring tasks, query images per class in a scoring task)
-METHODS: dict[str, tuple[list[str], int, Optional[int]]] = {
-    # the search as RESULTS.md ran it: population sampling + 25% uniform draws, 20 tasks x 1 query
-    "search_v0": (SEARCH, 20, None),
+# How each SuperNet is meta-trained: train.py flags after BASE.
+TRAININGS: dict[str, list[str]] = {
+    # the search as RESULTS.md ran it: population sampling + 25% uniform draws
+    "search_v0": SEARCH,
     # single-path one-shot: every task draws its architecture uniformly
-    "uniform": ([], 20, None),
-    "uniform_q5t100": ([], 100, 5),
-    "fair_q5t100": (["--model.sampling=fair"], 100, 5),
-    "sandwich_q5t100": (["--model.sampling=sandwich"], 100, 5),
+    "uniform": [],
+    "fair": ["--model.sampling=fair"],
+    "sandwich": ["--model.sampling=sandwich"],
+}
+# method: (training, scoring tasks, query images per class in a scoring task; None: the data's)
+METHODS: dict[str, tuple[str, int, Optional[int]]] = {
+    "search_v0": ("search_v0", 20, None),  # the search's own scoring: 20 tasks x 1 query
+    "uniform": ("uniform", 20, None),
+    "uniform_t100q5": ("uniform", 100, 5),
+    "fair_t100q5": ("fair", 100, 5),
+    "sandwich_t100q5": ("sandwich", 100, 5),
 }
 
 
-def train(method: str, flags: list[str], runs: Path) -> Path:
-    """The method's SuperNet: ``runs/<method>/version_0/checkpoints/last.ckpt`` once a run of
-    all its epochs finished (a partial run is started again)."""
-    directory = runs / method
+def train(name: str, flags: list[str], runs: Path) -> Path:
+    """The SuperNet of training ``name``: ``runs/<name>/version_0/checkpoints/last.ckpt`` once
+    a run of all its epochs finished (a partial run is started again)."""
+    directory = runs / name
     ckpt = directory / "version_0" / "checkpoints" / "last.ckpt"
     if ckpt.is_file() and (directory / "finished").is_file():
         return ckpt
@@ -66,13 +75,13 @@ def train(method: str, flags: list[str], runs: Path) -> Path:
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
     command = [sys.executable, str(ROOT / "train.py"), *BASE, *flags, "--test=false",
-               f"--trainer.logger.init_args.save_dir={runs}", f"--trainer.logger.init_args.name={method}"]
+               f"--trainer.logger.init_args.save_dir={runs}", f"--trainer.logger.init_args.name={name}"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", WANDB_MODE="disabled")
     start = time.time()
     with open(directory / "train.log", "w") as log:
         rc = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     if rc != 0 or not ckpt.is_file():
-        raise SystemExit(f"training for {method} failed (rc={rc}); see {directory / 'train.log'}")
+        raise SystemExit(f"training {name} failed (rc={rc}); see {directory / 'train.log'}")
     shown = " ".join(["python", "train.py", *BASE, *flags, "--test=false"])
     (directory / "finished").write_text(json.dumps({"command": shown, "seconds": round(time.time() - start, 1)}))
     return ckpt
@@ -125,7 +134,7 @@ def plot(result: dict, ground_truth: dict[Architecture, dict], path: Path) -> No
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--method", required=True, help=f"one of {list(METHODS)}, or all")
+    parser.add_argument("--method", nargs="+", required=True, help=f"of {list(METHODS)}, or all")
     parser.add_argument("--ground_truth", default=str(ROOT / "bench/ground_truth/omniglot_5w1s.json"))
     parser.add_argument("--out_dir", default=str(ROOT / "bench/ranking"))
     parser.add_argument("--runs", default=str(ROOT / "runs/ranking"))
@@ -138,15 +147,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     seed0 = [e for e in entries if e.get("seed", 0) == 0]
     truth = {Architecture.from_dict(e["arch"]): e for e in seed0}
     archs = list(truth)
-    methods = list(METHODS) if args.method == "all" else [args.method]
+    methods = list(METHODS) if args.method == ["all"] else args.method
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown method(s) {unknown}; choose from {list(METHODS)} or all")
     for method in methods:
         out = Path(args.out_dir) / f"omniglot_5w1s_{method}.json"
         if args.plot_only:
             if out.is_file():
                 plot(json.loads(out.read_text()), truth, out.with_suffix(".png"))
             continue
-        flags, count, queries = METHODS[method]
-        ckpt = Path(args.ckpt_path) if args.ckpt_path else train(method, flags, Path(args.runs))
+        training, count, queries = METHODS[method]
+        ckpt = Path(args.ckpt_path) if args.ckpt_path else train(training, TRAININGS[training], Path(args.runs))
         if args.train_only:
             continue
         start = time.time()
@@ -157,10 +169,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         agreement = rank_agreement(search_scores, acc)
         per_arch_sd = [statistics.pstdev(s) for s in zip(*scores)] if args.redraws > 1 else [0.0] * len(archs)
         mean_scores = [statistics.fmean(s) for s in zip(*scores)]
-        finished = Path(args.runs) / method / "finished"
+        finished = Path(args.runs) / training / "finished"
         training = json.loads(finished.read_text()) if finished.is_file() and not args.ckpt_path else {}
         result = {
             "method": method,
+            "training": training,
             **agreement,
             "kendall_tau_mean_of_redraws": rank_agreement(mean_scores, acc)["kendall_tau"],
             "architectures": len(archs),
