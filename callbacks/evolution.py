@@ -45,6 +45,9 @@ class EvolutionCallback(Callback):
         self._tasks: Optional[Tasks] = None
         self.last_report: Optional[GenerationReport] = None
         self._export_dir: Optional[Path] = None
+        self._cache: dict[Architecture, float] = {}  # scores under the weights of _cache_step
+        self._cache_step: Optional[int] = None
+        self.real_scorings = 0
 
     # -- lifecycle -----------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -101,7 +104,20 @@ class EvolutionCallback(Callback):
 
     def score(self, trainer: pl.Trainer, pl_module: pl.LightningModule, archs: list[Architecture]) -> list[float]:
         """Each rank scores every ``world_size``-th architecture; a sum-reduce of the
-        zero-padded score vectors gives every rank all the scores."""
+        zero-padded score vectors gives every rank all the scores. An architecture already
+        scored under the current weights (by an earlier generation at the same step, e.g.
+        several generations after a warm-up) keeps its score: scoring is deterministic, so
+        scoring it again would only repeat the number."""
+        if self._cache_step != trainer.global_step:
+            self._cache, self._cache_step = {}, trainer.global_step
+        fresh = [a for a in archs if a not in self._cache]
+        self._cache.update(zip(fresh, self._score_fresh(trainer, pl_module, fresh)))
+        self.real_scorings = len(fresh)
+        return [self._cache[a] for a in archs]
+
+    def _score_fresh(self, trainer: pl.Trainer, pl_module: pl.LightningModule, archs: list[Architecture]) -> list[float]:
+        if not archs:
+            return []
         rank, world = trainer.global_rank, trainer.world_size
         tasks = self.scoring_tasks(trainer, pl_module)
         mine = list(range(rank, len(archs), world))
@@ -128,7 +144,7 @@ class EvolutionCallback(Callback):
             search.accept(dict(zip(archs, scores)))
             state = search.state_dict()
         search.load_state_dict(strategy.broadcast(state, src=0))
-        report = self.last_report = self._report(search, len(archs))
+        report = self.last_report = self._report(search, self.real_scorings)
         self._install_sampler(pl_module)
         self._log(pl_module, report)
         if trainer.is_global_zero:

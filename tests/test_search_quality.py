@@ -8,6 +8,7 @@ import torch
 from callbacks.evolution import EvolutionCallback
 from lightning_metanas.data import EpisodicDataModule
 from lightning_metanas.evolution import EvolutionConfig
+from lightning_metanas.search_space import Architecture
 from tests.test_train import SEARCH, SYNTHETIC, logs, run
 
 
@@ -60,3 +61,26 @@ def test_score_queries_beyond_the_data_stop_the_run_before_training(tmp_path):
 def test_unknown_sampling_rule_is_refused(tmp_path):
     proc = run("train.py", *SYNTHETIC, *logs(tmp_path, "rule"), "--model.sampling=roundrobin", check=False)
     assert proc.returncode != 0 and "sampling" in proc.stderr
+
+
+def test_architectures_scored_at_the_same_step_are_not_scored_again():
+    from lightning_metanas.module import MetaNASModule
+    from lightning_metanas.search_space import SearchSpace
+
+    data = _data()
+    space = SearchSpace(ops=("conv3x3", "skip"), widths=(8,), depths=(2,))
+    module = MetaNASModule(ways=3, image_size=14, search_space=space)
+    trainer = SimpleNamespace(datamodule=data, global_step=5, global_rank=0, world_size=1,
+                              is_global_zero=True, progress_bar_callback=None)
+    callback = EvolutionCallback(EvolutionConfig(tasks_per_score=3, population_size=2, tournament_size=2))
+    callback.setup(trainer, module, "fit")
+    a, b, c = (Architecture(ops, (8, 8)) for ops in (("conv3x3", "skip"), ("skip", "conv3x3"), ("conv3x3", "conv3x3")))
+    first = callback.score(trainer, module, [a, b])
+    assert callback.real_scorings == 2
+    second = callback.score(trainer, module, [b, c, a])
+    assert callback.real_scorings == 1  # only c is new at this step
+    assert second[0] == first[1] and second[2] == first[0]
+    assert callback._score_fresh(trainer, module, [c]) == [second[1]]  # the same as scoring afresh
+    trainer.global_step = 6  # the weights moved: everything is scored again
+    callback.score(trainer, module, [a, b])
+    assert callback.real_scorings == 2
