@@ -39,7 +39,10 @@ from lightning_metanas.data import EpisodicDataModule  # noqa: E402
 from lightning_metanas.module import MetaNASModule  # noqa: E402
 from lightning_metanas.ranking import rank_agreement  # noqa: E402
 from lightning_metanas.scoring import score_architectures, stack_tasks  # noqa: E402
+from lightning_metanas.evolution import EvolutionConfig  # noqa: E402
+from lightning_metanas.predictor import PredictorConfig  # noqa: E402
 from lightning_metanas.search_space import Architecture  # noqa: E402
+from bench.ea_vs_random import CachedScorer, run_search  # noqa: E402
 
 BASE = ["--config", "configs/results/omniglot_5w1s.yaml", "--trainer.max_epochs=6"]
 SEARCH = ["--config", "configs/results/search.yaml"]
@@ -109,6 +112,26 @@ def score(ckpt: Path, archs: list[Architecture], count: int, queries: Optional[i
     ]
 
 
+def search_picks(ckpt: Path, count: int, queries: Optional[int], seeds: list[int], generations: int) -> list[dict]:
+    """What the evolutionary search (the settings of ``configs/results/search.yaml``) picks on
+    this SuperNet with this scoring, weights fixed, one search per seed."""
+    model = MetaNASModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    scorer = CachedScorer(model, scoring_tasks(read_checkpoint(ckpt), count, queries, 0))
+    config = EvolutionConfig(population_size=8, offspring=4, pool_size=16, rescore_population=False,
+                             tasks_per_score=count, predictor=PredictorConfig(min_archive=16))
+    picks = []
+    for seed in seeds:
+        result = run_search(model.space, config, seed, generations, scorer)
+        picks.append({"seed": seed, "arch": result["best_arch"].to_dict(), "label": str(result["best_arch"]),
+                      "score": result["best_score"], "real_scorings": result["real_scorings"]})
+    return picks
+
+
+def percentile_rank(acc: float, accs: list[float]) -> float:
+    """Share of the ground truth strictly above ``acc`` (0: the best of them)."""
+    return sum(a > acc for a in accs) / len(accs)
+
+
 def plot(result: dict, ground_truth: dict[Architecture, dict], path: Path) -> None:
     import matplotlib
 
@@ -141,6 +164,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--ckpt_path", default=None, help="score this checkpoint instead of training")
     parser.add_argument("--redraws", type=int, default=3, help="disjoint sets of scoring tasks")
     parser.add_argument("--plot_only", action="store_true")
+    parser.add_argument("--search_seeds", type=int, nargs="*", default=[0, 1, 2],
+                        help="seeds of the evolutionary searches run on the SuperNet (none: no search)")
+    parser.add_argument("--generations", type=int, default=8)
     parser.add_argument("--train_only", action="store_true", help="meta-train the method's SuperNet, score nothing")
     parser.add_argument("--min_architectures", type=int, default=24,
                         help="refuse to score against a ground truth with fewer architectures")
@@ -201,6 +227,14 @@ def main(argv: Optional[list[str]] = None) -> int:
             "commit": git_commit(),
             "machine": cpu_model(),
         }
+        if args.search_seeds:
+            picks = search_picks(ckpt, count, queries, args.search_seeds, args.generations)
+            accs = [truth[a]["acc"] for a in archs]
+            for pick in picks:
+                known = truth.get(Architecture.from_dict(pick["arch"]))
+                pick["stand_alone_acc"] = known["acc"] if known else None
+                pick["ground_truth_share_above"] = percentile_rank(known["acc"], accs) if known else None
+            result["search_picks"] = picks
         save(out, result)  # type: ignore[arg-type]
         plot(result, truth, out.with_suffix(".png"))
         print(f"{method}: tau {result['kendall_tau']:.3f} rho {result['spearman_rho']:.3f} "

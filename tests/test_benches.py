@@ -65,7 +65,7 @@ def test_ground_truth_bench_runs_resumes_and_ranking_scores_against_it(tmp_path)
     ckpt = tmp_path / "supernet" / "version_0" / "checkpoints" / "last.ckpt"
     subprocess.run([sys.executable, str(ROOT / "bench/ranking.py"), "--method", "uniform_t100q5",
                     "--ckpt_path", str(ckpt), "--ground_truth", str(out), "--out_dir", str(tmp_path),
-                    "--redraws", "2", "--min_architectures", "3"], check=True, capture_output=True)
+                    "--redraws", "2", "--min_architectures", "3", "--search_seeds", "0", "--generations", "2"], check=True, capture_output=True)
     ranking = json.loads((tmp_path / "omniglot_5w1s_uniform_t100q5.json").read_text())
     assert ranking["architectures"] == 3 and ranking["score_tasks"] == 100 and ranking["score_queries"] == 5
     assert {Architecture.from_dict(e["arch"]) for e in ranking["entries"]} == {
@@ -73,6 +73,10 @@ def test_ground_truth_bench_runs_resumes_and_ranking_scores_against_it(tmp_path)
     assert all(len(e["redraw_scores"]) == 2 and e["supernet_score"] == e["redraw_scores"][0] for e in ranking["entries"])
     assert -1 <= ranking["kendall_tau"] <= 1 and ranking["noise"]["score_sd_over_redraws"] >= 0
     assert (tmp_path / "omniglot_5w1s_uniform_t100q5.png").stat().st_size > 1000
+    pick = ranking["search_picks"][0]
+    assert pick["seed"] == 0 and 0 <= pick["score"] <= 1 and pick["real_scorings"] >= 8
+    known = {e["label"]: e["acc"] for e in second}
+    assert pick["stand_alone_acc"] == known.get(pick["label"])
 
 
 @pytest.mark.parametrize("setting", results.SETTINGS)
