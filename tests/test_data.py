@@ -121,30 +121,29 @@ def test_omniglot_split_sizes_disjoint_deterministic():
     assert train != sorted(train)  # shuffled, as learn2learn's benchmark does
 
 
-def test_omniglot_cache_reused_rebuilt_and_optional(tmp_path, monkeypatch):
+def test_omniglot_cache_reused_rebuilt_and_optional(tmp_path):
     root = _make_fake_omniglot(tmp_path / "omni")
     first = load_omniglot(root, image_size=12)
-    cache = root / "omniglot_12.pt"
-    assert cache.is_file()
+    [cache] = (root / ".cache").glob("omniglot-12px-gray-inverted-*.u8")
     assert first.images.shape == (64, 1, 12, 12) and first.num_classes == 16
+    written = cache.stat().st_mtime_ns
     assert _same(load_omniglot(root, image_size=12), first)
+    assert cache.stat().st_mtime_ns == written  # read back, not decoded again
+    assert _same(load_omniglot(root, image_size=12, cache=False), first)  # in memory: the same
 
     cache.write_bytes(b"garbage")  # unreadable cache: rebuilt, not fatal
-    with pytest.warns(UserWarning, match="unreadable Omniglot cache"):
+    with pytest.warns(UserWarning, match="unreadable image cache"):
         assert _same(load_omniglot(root, image_size=12), first)
-    assert torch.load(cache, weights_only=True)["ink"].shape == (64, 1, 12, 12)
+    cache.write_bytes(cache.read_bytes()[:-100])  # truncated (a full disk): rebuilt
+    with pytest.warns(UserWarning, match="truncated image cache"):
+        assert _same(load_omniglot(root, image_size=12), first)
 
-    # other zips (a character gained a drawing): the stale cache must not be used
+    # other zips (a character gained a drawing): a new cache, the stale one removed
     _make_fake_omniglot(root, drawings={"images_evaluation/A1/c3": 5})
     assert load_omniglot(root, image_size=12).images.shape[0] == 65
-
-    def refuse(*args, **kwargs):
-        raise PermissionError("read-only")
-
-    monkeypatch.setattr(torch, "save", refuse)
-    other = load_omniglot(root, image_size=10)  # cannot write a cache: still loads
-    assert other.images.shape == (65, 1, 10, 10)
-    assert not list(root.glob("*10*"))
+    [rebuilt] = (root / ".cache").glob("omniglot-12px-*.u8")
+    assert rebuilt != cache and not cache.exists()
+    assert not list(root.glob("*.pt"))
 
 
 # ---------------------------------------------------------------------------------------
