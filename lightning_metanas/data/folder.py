@@ -216,7 +216,7 @@ def read_split_layout(root: PathLike, title: str) -> Listing:
         return read_csv_splits(root, title)
     if folders:
         return read_split_folders(root, title)
-    raise DataError(f"{title} folder {root} holds neither layout; expected {LAYOUTS}")
+    raise DataError(f"--data.root {root} holds neither layout of an image dataset; expected {LAYOUTS}")
 
 
 def load_image_folder(
