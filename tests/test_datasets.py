@@ -233,3 +233,45 @@ def test_adapt_loader_reads_a_split_folder_like_meta_training(tmp_path):
                             if int(dm._data.labels[i]) in test_ids])
     assert torch.equal(task.images, expected)
     assert read_split_layout(root, "x").splits == ([0, 1, 2, 3], [4, 5, 6], [7, 8, 9])
+
+
+# ---------------------------------------------------------------------------------------
+# RGB end to end: train.py (fast_dev_run, then a short search), eval.py, adapt.py
+# ---------------------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+def test_rgb_dataset_end_to_end(tmp_path):
+    import json
+
+    import adapt as adapt_cli
+    import eval as eval_cli
+    import train
+    from tests.test_train import SEARCH, SYNTHETIC, logs, run
+
+    root = tiny(tmp_path / "rgb", classes=(6, 4, 4), per_class=8)
+    rgb = ["--data.dataset=folder", f"--data.root={root}", "--data.image_size=16"]
+    assert train.cli_main([*SYNTHETIC, *rgb, *logs(tmp_path, "dev"), "--trainer.fast_dev_run=true"]) == 0
+
+    run("train.py", *SEARCH, *SYNTHETIC, *rgb, *logs(tmp_path, "search"), "--trainer.max_epochs=2")
+    run_dir = tmp_path / "search" / "version_0"
+    checkpoints = run_dir / "checkpoints"
+    checkpoint = torch.load(checkpoints / "last.ckpt", weights_only=True)
+    assert checkpoint["hyper_parameters"]["image_channels"] == 3
+    assert checkpoint["state_dict"]["supernet.slots.0.conv3x3.weight"].shape[1] == 3
+    assert len(checkpoint["EpisodicDataModule"]["normalization"]["mean"]) == 3
+    assert json.loads((checkpoints / "scored.json").read_text())["image_channels"] == 3
+    assert all((checkpoints / f).is_file() for f in ("best_arch.json", "search_history.json",
+                                                     "search_curve.png", "accuracy_vs_flops.png"))
+    assert "<td>dataset</td><td>folder</td>" in (run_dir / "report.html").read_text()
+    assert json.loads((run_dir / "test_result.json").read_text())["ways"] == 3
+
+    result = eval_cli.main(["--ckpt_path", str(checkpoints / "last.ckpt"), "--arch",
+                            str(checkpoints / "best_arch.json"), "--test_tasks", "4"])
+    assert result["tasks"] == 4 and 0.0 <= result["acc"] <= 1.0
+
+    # a split folder is a labelled image folder: adapt to the test classes
+    record = adapt_cli.main(["--ckpt_path", str(checkpoints / "last.ckpt"), "--data_root",
+                             str(root / "test"), "--budget", "2", "--finetune_steps", "5",
+                             "--score_tasks", "1", "--score_shots", "2", "--score_queries", "2"])
+    assert (record["channels"], record["classes"], record["scorings"]) == (3, 4, 2)
+    assert record["normalization"] == checkpoint["EpisodicDataModule"]["normalization"]
