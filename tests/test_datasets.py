@@ -120,14 +120,15 @@ def test_cache_is_read_back_keyed_by_size_and_rebuilt_when_the_files_change(tmp_
     assert all(_same(x, y) for x, y in zip(batches(module(root)), first))
     assert cache.stat().st_mtime_ns == written and "decoding" not in capsys.readouterr().err
 
-    module(root, image_size=12)  # another size: its own cache, both kept
-    assert len(cache_files(root)) == 2
+    module(root, image_size=12)  # another size or setting: its own cache, all kept
+    module(root, invert=True)
+    assert len(cache_files(root)) == 3
 
     changed = root / "val" / "n00000005" / "n0000000500000003.jpg"
     Image.new("RGB", (20, 20), (255, 0, 0)).save(changed)  # an image changed: decoded again
     after = batches(module(root))
     assert "decoding 60 images" in capsys.readouterr().err
-    assert not cache.exists() and len(cache_files(root)) == 2  # the stale 16px cache removed
+    assert not cache.exists() and len(cache_files(root)) == 3  # only the stale one removed
     assert not all(_same(x, y) for x, y in zip(after, first))
 
 

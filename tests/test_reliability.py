@@ -592,7 +592,7 @@ def damage_dataset(case: str, r: Path, tmp_path: Path) -> list[str]:
     if case == "class_too_small":
         for i in (3, 4, 5, 6):
             _image(r, "train", 1, i).unlink()
-        return ["image folder class 'n00000001' (label 1, train split) has 2 images, fewer than "
+        return ["image dataset class 'n00000001' (label 1, train split) has 2 images, fewer than "
                 "data.shots + data.queries = 1 + 2 = 3"]
     if case == "undecodable_image":
         _image(r, "val", 5, 2).write_bytes(b"<html>404</html>")
@@ -626,7 +626,7 @@ def damage_dataset(case: str, r: Path, tmp_path: Path) -> list[str]:
                 f"setting (its {differs}"]
     if case == "fewer_classes_than_ways":
         shutil.rmtree(r / "val" / "n00000006")
-        return ["data.ways=3 is more than the 2 classes of the image folder val split; use data.ways <= 2"]
+        return ["data.ways=3 is more than the 2 classes of the image dataset val split; use data.ways <= 2"]
     raise AssertionError(case)
 
 

@@ -373,7 +373,8 @@ def decode_images(
                       "memory for this run only: set --data.cache_dir to a writable folder")
         return _decode_in_memory(listing, image_size, channels, invert)
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one process decodes; the others wait, then read
+        with contextlib.suppress(OSError):  # a file system without locks: decode regardless
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one process decodes; the others wait, then read
         store = _open_cache(path, expected)
         if store is None:
             store = _build_cache(path, listing, key, image_size, channels, invert, expected)
@@ -388,10 +389,16 @@ def decode_images(
 
 
 def _decode_in_memory(listing: Listing, image_size: int, channels: Optional[int], invert: bool) -> ImageStore:
-    blocks: list[np.ndarray] = []
-    info = _decode_into(listing, image_size, channels, invert, lambda start, block: blocks.append(block))
-    c = info["channels"]
-    array = np.concatenate(blocks) if blocks else np.empty((0, c, image_size, image_size), np.uint8)
+    total = sum(listing.class_sizes)
+    arrays: list[np.ndarray] = []
+
+    def write(start: int, block: np.ndarray) -> None:
+        if not arrays:  # the channels are known once the first block is decoded
+            arrays.append(np.empty((total, *block.shape[1:]), dtype=np.uint8))
+        arrays[0][start : start + len(block)] = block
+
+    info = _decode_into(listing, image_size, channels, invert, write)
+    array = arrays[0] if arrays else np.empty((0, info["channels"], image_size, image_size), np.uint8)
     return ImageStore(tuple(array.shape), listing.class_sizes, info["class_sums"],
                       info["class_squares"], array=array)
 
@@ -442,7 +449,7 @@ def _build_cache(
         raise
     os.close(fd)
     os.replace(tmp, path)
-    _remove_stale(path, key, listing)
+    _remove_stale(path, key, listing, expected)
     seconds = time.perf_counter() - started
     converted = info["gray_among_colour"]
     note = (f"; {converted} grayscale images among colour ones were replicated to RGB"
@@ -454,19 +461,21 @@ def _build_cache(
     return store
 
 
-def _remove_stale(path: Path, key: str, listing: Listing) -> None:
-    """Delete caches of this dataset (same root) and mode written for older versions of its
+def _remove_stale(path: Path, key: str, listing: Listing, expected: dict[str, Any]) -> None:
+    """Delete caches of this dataset (same root) and setting written for older versions of its
     files: a changed dataset leaves no gigabyte-sized leftovers behind."""
-    stem = path.name[: -len(_CACHE_SUFFIX) - 16]  # without the fingerprint
     root = str(listing.root.absolute())
-    for other in path.parent.glob(f"{stem}*{_CACHE_SUFFIX}"):
+    same = ("image_size", "channels_setting", "invert")
+    for other in path.parent.glob(f"{key}-*{_CACHE_SUFFIX}"):
         if other == path:
             continue
         try:
             header, _ = _read_header(other)
         except (OSError, ValueError):
             continue
-        if header.get("root") == root and header.get("dataset") == key:
+        if (header.get("root"), header.get("dataset")) == (root, key) and all(
+            header.get(k) == expected[k] for k in same
+        ):
             with contextlib.suppress(OSError):
                 other.unlink()
 

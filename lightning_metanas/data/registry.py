@@ -71,7 +71,7 @@ DATASETS: dict[str, DatasetSpec] = {
         layout=(synthetic.SPLIT_SIZES, synthetic.PER_CLASS), channels=1, normalize=False,
         rotations=True,
     ),
-    "folder": split_layout("image folder"),  # any dataset of your own in one of the layouts
+    "folder": split_layout("image dataset"),  # any dataset of your own in one of the layouts
     "miniimagenet": split_layout("miniImageNet"),
     "tieredimagenet": split_layout("tieredImageNet"),
     "cifarfs": split_layout("CIFAR-FS"),
