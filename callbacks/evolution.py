@@ -53,6 +53,8 @@ class EvolutionCallback(Callback):
         if self._restored is not None:
             self.search.load_state_dict(self._restored)
             self._restored = None
+        if stage == "fit" and trainer.datamodule is not None:
+            self.scoring_tasks(trainer, pl_module)  # a bad score_queries stops the run before step 1
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Resolved here on every rank (trainer.log_dir may broadcast), never inside rank-0 code.
@@ -64,6 +66,8 @@ class EvolutionCallback(Callback):
             self._install_sampler(pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch < self.config.warmup_epochs:  # SuperNet warm-up: no search yet
+            return
         for _ in range(self.config.generations_per_epoch):
             if self.search.finished:
                 break
@@ -82,10 +86,15 @@ class EvolutionCallback(Callback):
 
     # -- one generation ------------------------------------------------------------------
     def scoring_tasks(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tasks:
-        """The first ``tasks_per_score`` validation tasks: the same for every candidate and
-        every generation, on every rank."""
+        """The first ``tasks_per_score`` validation tasks (with ``score_queries`` query images
+        per class): the same for every candidate and every generation, on every rank."""
         if self._tasks is None:
             dataset = trainer.datamodule.task_dataset("val")
+            if self.config.score_queries is not None:
+                dataset = dataset.variant(
+                    queries=self.config.score_queries, num_tasks=self.config.tasks_per_score,
+                    setting="evolution.score_queries",
+                )
             count = min(self.config.tasks_per_score, len(dataset))
             self._tasks = stack_tasks([dataset[i] for i in range(count)])
         return tuple(t.to(pl_module.device) for t in self._tasks)  # type: ignore[return-value]
@@ -150,6 +159,7 @@ class EvolutionCallback(Callback):
             [m.arch for m in self.search.population],
             self.search.best().arch,
             self.config.uniform_share,
+            pl_module.sampling,
         )
 
     def _log(self, pl_module: pl.LightningModule, report: GenerationReport) -> None:

@@ -37,6 +37,12 @@ class EvolutionConfig:
         mutation_prob: per-gene mutation probability.
         tasks_per_score: validation tasks each candidate adapts to; the same tasks for every
             candidate of a run, so scores compare.
+        score_queries: query images per class in each scoring task (``None``: as many as the
+            data's ``queries``). Scoring costs forward passes, not meta-training budget, and
+            more queries lower the noise of a score (``bench/ranking.py`` measures it).
+        warmup_epochs: epochs the SuperNet is meta-trained under ``model.sampling`` before
+            the first generation, so that the first scores rank architectures on trained
+            weights rather than on the initialisation.
         rescore_population: re-score the survivors each generation on the same tasks, so that
             selection compares everyone under the current shared weights.
         uniform_share: share of meta-train tasks that get a uniformly sampled architecture
@@ -59,6 +65,8 @@ class EvolutionConfig:
     crossover_prob: float = 0.5
     mutation_prob: float = 0.2
     tasks_per_score: int = 20
+    score_queries: Optional[int] = None
+    warmup_epochs: int = 0
     rescore_population: bool = True
     uniform_share: float = 0.25
     generations_per_epoch: int = 1
@@ -94,6 +102,11 @@ class EvolutionConfig:
             value = getattr(self, name)
             need(0.0 <= value <= 1.0, f"{name} must be in [0, 1], got {value}")
         need(self.tasks_per_score >= 1, f"tasks_per_score must be >= 1, got {self.tasks_per_score}")
+        need(
+            self.score_queries is None or self.score_queries >= 1,
+            f"score_queries must be >= 1 or null (the data's queries), got {self.score_queries}",
+        )
+        need(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
         need(
             self.generations_per_epoch >= 1,
             f"generations_per_epoch must be >= 1, got {self.generations_per_epoch}",

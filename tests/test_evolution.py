@@ -131,7 +131,7 @@ def test_population_sampler_mixes_uniform_samples():
     rng = random.Random(0)
     population = [SPACE.sample(rng) for _ in range(3)]
     sampler = PopulationSampler(SPACE, population, population[0], uniform_share=0.25)
-    draws = [sampler.sample(rng) for _ in range(400)]
+    draws = sampler.sample_batch(rng, 400)
     share = sum(d not in population for d in draws) / 400
     assert 0.15 < share < 0.35
     assert sampler.best() == population[0]

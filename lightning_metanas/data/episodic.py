@@ -19,6 +19,7 @@ counter is part of the data module's ``state_dict`` and so of every checkpoint.
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import hashlib
@@ -165,6 +166,19 @@ class EpisodicTaskDataset(Dataset):
         sizes = {c: len(p) for c, p in self._positions.items()}
         check_task_settings(dataset_name, data.class_names, sizes, {self.split: self.class_ids},
                             self.ways, self.shots, self.queries)
+
+    def variant(self, *, queries: int, num_tasks: int, setting: str = "queries") -> "EpisodicTaskDataset":
+        """The same split and seeds with another number of query images per class and of
+        tasks (e.g. lower-noise scoring tasks); ``setting`` names the flag in errors."""
+        fewest = min(len(self._positions[c]) for c in self.class_ids)
+        if self.shots + queries > fewest:
+            raise DataError(
+                f"{setting}={queries}: shots + queries = {self.shots + queries} is more than the "
+                f"{fewest} images of the smallest {self.split} class; use {setting} <= {fewest - self.shots}"
+            )
+        other = copy.copy(self)
+        other.queries, other.num_tasks, other._taskset = queries, num_tasks, None
+        return other
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
