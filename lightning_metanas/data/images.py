@@ -512,7 +512,8 @@ def _open_cache(path: Path, expected: dict[str, Any]) -> Optional[ImageStore]:
     if differs:
         raise DataError(
             f"image cache {path} was written for another dataset or setting (its "
-            f"{', '.join(differs)} differ: it holds {header.get('title')} at "
+            f"{', '.join(differs)} {'differs' if len(differs) == 1 else 'differ'}: it holds "
+            f"{header.get('title')} at "
             f"{header.get('root')}, {header.get('image_size')}x{header.get('image_size')}); "
             "delete it (it is rebuilt) or set --data.cache_dir to another folder"
         )
