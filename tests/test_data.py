@@ -1,7 +1,7 @@
 """Tests of the data package: Omniglot loading and splits, rotations, episodes, errors.
 
 The real Omniglot tests use the zips shipped in ``data/omniglot`` (the first run decodes them,
-~7 s, and leaves the git-ignored cache ``omniglot_28.pt`` beside them). Everything that writes
+~10 s, and leaves the git-ignored cache ``data/omniglot/.cache/omniglot-28px-*.u8``). Everything that writes
 caches or needs broken files works on small fake zips in ``tmp_path``.
 """
 
