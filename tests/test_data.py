@@ -47,8 +47,8 @@ def _png(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def _make_fake_omniglot(root: Path, drawings: dict[str, int] | None = None) -> Path:
-    """Two small zips in the real layout: 2 alphabets x 4 characters each, 4 drawings each.
+def _make_fake_omniglot(root: Path, drawings: dict[str, int] | None = None, characters: int = 4) -> Path:
+    """Two small zips in the real layout: 2 alphabets x ``characters`` each, 4 drawings each.
 
     ``drawings`` overrides the count for a character path like ``images_background/A0/c1``.
     """
@@ -58,7 +58,7 @@ def _make_fake_omniglot(root: Path, drawings: dict[str, int] | None = None) -> P
     for top in ("images_background", "images_evaluation"):
         with zipfile.ZipFile(root / f"{top}.zip", "w") as archive:
             for a in range(2):
-                for c in range(4):
+                for c in range(characters):
                     folder = f"{top}/A{a}/c{c}"
                     for d in range(drawings.get(folder, 4)):
                         seed += 1

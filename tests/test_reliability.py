@@ -517,7 +517,9 @@ def test_bad_data_fails_with_one_line_naming_the_file(tmp_path, capsys, damage):
     # every background character with 2 drawings: the train split, checked first, has some
     small = {f"images_background/A{a}/c{c}": 2 for a in range(2) for c in range(4)}
     small = small if damage == "class_too_small" else None
-    root = _make_fake_omniglot(tmp_path / "omni", drawings=small)
+    # 32 characters: 2 in the val split, enough for data.ways=2 (the split is checked before
+    # anything is decoded, so a dataset too small for the task settings never reaches the image)
+    root = _make_fake_omniglot(tmp_path / "omni", drawings=small, characters=8)
     background = root / "images_background.zip"
     if damage == "not_a_zip":
         background.write_bytes(b"<html>404 Not Found</html>")
