@@ -142,11 +142,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--redraws", type=int, default=3, help="disjoint sets of scoring tasks")
     parser.add_argument("--plot_only", action="store_true")
     parser.add_argument("--train_only", action="store_true", help="meta-train the method's SuperNet, score nothing")
+    parser.add_argument("--min_architectures", type=int, default=24,
+                        help="refuse to score against a ground truth with fewer architectures")
     args = parser.parse_args(argv)
     entries = json.loads(Path(args.ground_truth).read_text())
     seed0 = [e for e in entries if e.get("seed", 0) == 0]
     truth = {Architecture.from_dict(e["arch"]): e for e in seed0}
     archs = list(truth)
+    if len(archs) < args.min_architectures and not args.train_only:
+        parser.error(f"{args.ground_truth} holds {len(archs)} architectures (of seed 0), fewer than "
+                     f"--min_architectures {args.min_architectures}: let bench/ground_truth.py finish first")
     methods = list(METHODS) if args.method == ["all"] else args.method
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
