@@ -1,5 +1,6 @@
 """The evolutionary search and the predictor as plain Python, with a known score function."""
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -172,5 +173,6 @@ def test_callback_meta_trains_the_best_architecture_alone_once_the_search_is_ove
     assert isinstance(module.sampler, FixedSampler)
     assert module.sampler.arch == search.best().arch == module.evaluated_architecture()
     history = list(search.history)
-    callback.on_train_epoch_end(trainer=None, pl_module=module)  # no generation runs any more
+    trainer = SimpleNamespace(current_epoch=2)  # past warmup_epochs (default 0)
+    callback.on_train_epoch_end(trainer=trainer, pl_module=module)  # no generation runs any more
     assert search.history == history and search.generation == 2
