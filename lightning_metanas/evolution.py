@@ -9,21 +9,23 @@ any score function, and lets the callback decide where and when scores are compu
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Literal, Optional
 
-from lightning_metanas.errors import SettingsError
+from lightning_metanas.errors import SettingsError, require_int
 from lightning_metanas.predictor import PerformancePredictor, PredictorConfig
 from lightning_metanas.search_space import Architecture, SearchSpace
 
 
 class EvolutionSettingsError(SettingsError):
-    """An evolution setting that cannot work, named with the allowed values."""
+    """A search setting that cannot work, named as its flag (``search.<field>``) with the
+    allowed values."""
 
 
 @dataclass
 class EvolutionConfig:
-    """Settings of the evolutionary search.
+    """Settings of the evolutionary search: each field is the flag ``--search.<field>`` of
+    train.py (and a key of its config's ``search:`` section).
 
     Args:
         population_size: architectures alive at once (the meta-train step samples them).
@@ -49,6 +51,7 @@ class EvolutionConfig:
             predictor) or ``random`` (fresh uniform samples, no predictor: the random-search
             baseline with the same scoring, selection and budget).
         predictor: the performance predictor's settings.
+        seed: seed of the search's own random choices (the same on every DDP rank).
     """
 
     population_size: int = 10
@@ -65,6 +68,7 @@ class EvolutionConfig:
     generations: Optional[int] = None
     strategy: Literal["evolution", "random"] = "evolution"
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.predictor, dict):  # from a checkpoint: skip settings since retired
@@ -73,10 +77,10 @@ class EvolutionConfig:
 
         def need(ok: bool, message: str) -> None:
             if not ok:
-                raise EvolutionSettingsError(f"evolution.{message}")
+                raise EvolutionSettingsError(f"search.{message}")
 
-        need(self.population_size >= 2, f"population_size must be >= 2, got {self.population_size}")
-        need(self.offspring >= 1, f"offspring must be >= 1, got {self.offspring}")
+        for name, minimum in (("population_size", 2), ("offspring", 1), ("tasks_per_score", 1), ("generations_per_epoch", 1)):
+            require_int(f"search.{name}", getattr(self, name), minimum, EvolutionSettingsError)
         need(
             self.pool_size >= self.offspring,
             f"pool_size ({self.pool_size}) must be >= offspring ({self.offspring})",
@@ -93,11 +97,6 @@ class EvolutionConfig:
         for name in ("crossover_prob", "mutation_prob", "uniform_share"):
             value = getattr(self, name)
             need(0.0 <= value <= 1.0, f"{name} must be in [0, 1], got {value}")
-        need(self.tasks_per_score >= 1, f"tasks_per_score must be >= 1, got {self.tasks_per_score}")
-        need(
-            self.generations_per_epoch >= 1,
-            f"generations_per_epoch must be >= 1, got {self.generations_per_epoch}",
-        )
         need(
             self.generations is None or self.generations >= 1,
             f"generations must be >= 1 or null (evolve until the end), got {self.generations}",
@@ -117,8 +116,9 @@ class Member:
 
 
 @dataclass
-class GenerationReport:
-    """What one generation did, for logging and for the search history."""
+class GenerationRecord:
+    """What one generation did: ``accept`` returns it, the search keeps it in ``history``, and
+    the callbacks log it and save it (``search_history.json``) as it is."""
 
     generation: int
     best_arch: Architecture
@@ -126,22 +126,32 @@ class GenerationReport:
     mean_score: float
     diversity: float
     real_scorings: int
-    predictor_used: bool
-    predictor_tau: Optional[float]
-    new: list[Member]
+    predictor_used: bool  # the predictor was trusted when this generation's offspring were proposed
+    predictor_tau: Optional[float]  # its rank quality after this generation's refit
+
+    def to_dict(self) -> dict:
+        """Plain JSON (and checkpoint) form; ``from_dict`` reads it back."""
+        return {f.name: getattr(self, f.name) for f in fields(self)} | {"best_arch": self.best_arch.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "GenerationRecord":
+        # predictor_used: absent from the histories of checkpoints written before it was recorded
+        return cls(**{**data, "best_arch": Architecture.from_dict(data["best_arch"]),
+                      "predictor_used": data.get("predictor_used", False)})
 
 
 class EvolutionarySearch:
     """Population, archive and predictor, with the moves of one generation."""
 
-    def __init__(self, space: SearchSpace, config: EvolutionConfig, seed: int = 0) -> None:
+    def __init__(self, space: SearchSpace, config: EvolutionConfig, seed: Optional[int] = None) -> None:
         self.space, self.config = space, config
+        seed = config.seed if seed is None else seed
         self.rng = random.Random(seed)
         self.population: list[Member] = []  # oldest first
         self.archive: dict[Architecture, float] = {}  # every architecture scored, latest score
         self.predicted: dict[Architecture, float] = {}
         self.generation = 0
-        self.history: list[dict] = []
+        self.history: list[GenerationRecord] = []
         self.predictor = PerformancePredictor(space, config.predictor, seed=seed)
         self.predictor_tau: Optional[float] = None
 
@@ -218,9 +228,9 @@ class EvolutionarySearch:
         return survivors + [a for a in proposals if a not in survivors]
 
     # -- selection -----------------------------------------------------------------------
-    def accept(self, scored: dict[Architecture, float]) -> GenerationReport:
+    def accept(self, scored: dict[Architecture, float]) -> GenerationRecord:
         """Record the scores of one generation, select the survivors, retrain the predictor
-        when due, and report."""
+        when due; returns the generation's record (also appended to ``history``)."""
         for arch, score in scored.items():
             self.archive[arch] = float(score)
         for member in self.population:
@@ -246,7 +256,7 @@ class EvolutionarySearch:
             self.predictor_tau = self.predictor.fit(list(self.archive), list(self.archive.values()))
         best = self.best()
         scores = [m.score for m in self.population]
-        report = GenerationReport(
+        record = GenerationRecord(
             generation=self.generation,
             best_arch=best.arch,
             best_score=best.score,
@@ -255,21 +265,10 @@ class EvolutionarySearch:
             real_scorings=len(scored),
             predictor_used=predictor_used,
             predictor_tau=self.predictor_tau,
-            new=new,
         )
-        self.history.append(
-            {
-                "generation": report.generation,
-                "best_arch": best.arch.to_dict(),
-                "best_score": report.best_score,
-                "mean_score": report.mean_score,
-                "diversity": report.diversity,
-                "real_scorings": report.real_scorings,
-                "predictor_tau": report.predictor_tau,
-            }
-        )
+        self.history.append(record)
         self.generation += 1
-        return report
+        return record
 
     def best(self) -> Member:
         return max(self.population, key=lambda m: m.score)
@@ -302,7 +301,7 @@ class EvolutionarySearch:
             ],
             "archive": [[a.to_dict(), s] for a, s in self.archive.items()],
             "predicted": [[a.to_dict(), s] for a, s in self.predicted.items()],
-            "history": self.history,
+            "history": [record.to_dict() for record in self.history],
             "predictor": self.predictor.state_dict(),
             "predictor_tau": self.predictor_tau,
         }
@@ -317,6 +316,6 @@ class EvolutionarySearch:
         ]
         self.archive = {Architecture.from_dict(a): s for a, s in state["archive"]}
         self.predicted = {Architecture.from_dict(a): s for a, s in state["predicted"]}
-        self.history = list(state["history"])
+        self.history = [GenerationRecord.from_dict(record) for record in state["history"]]
         self.predictor.load_state_dict(state["predictor"])
         self.predictor_tau = state["predictor_tau"]

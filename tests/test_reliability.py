@@ -126,14 +126,14 @@ BAD_SETTINGS = [
     ("inner_steps_zero", ["--model.meta.inner_steps=0"], ["model.meta.inner_steps must be an integer >= 1"]),
     ("eval_inner_steps_negative", ["--model.meta.eval_inner_steps=-1"],
      ["model.meta.eval_inner_steps must be an integer >= 1"]),
-    ("train_batches_zero", ["--data.train_batches=0"], ["data.train_batches must be a positive integer"]),
-    ("population_too_small", [*SEARCH, "--trainer.callbacks.init_args.evolution.population_size=1"],
-     ["evolution.population_size must be >= 2, got 1"]),
+    ("train_batches_zero", ["--data.train_batches=0"], ["data.train_batches must be an integer >= 1, got 0"]),
+    ("population_too_small", [*SEARCH, "--search.population_size=1"],
+     ["search.population_size must be an integer >= 2, got 1"]),
     ("tournament_larger_than_population",
-     [*SEARCH, "--trainer.callbacks.init_args.evolution.tournament_size=5"],
-     ["evolution.tournament_size must be between 2 and population_size (4), got 5"]),
-    ("pool_smaller_than_offspring", [*SEARCH, "--trainer.callbacks.init_args.evolution.pool_size=1"],
-     ["evolution.pool_size (1) must be >= offspring (2)"]),
+     [*SEARCH, "--search.tournament_size=5"],
+     ["search.tournament_size must be between 2 and population_size (4), got 5"]),
+    ("pool_smaller_than_offspring", [*SEARCH, "--search.pool_size=1"],
+     ["search.pool_size (1) must be >= offspring (2)"]),
     ("data_root_missing", ["--data.dataset=omniglot", "--data.root=/no/such/dir"],
      ["Omniglot directory not found: /no/such/dir", "--data.root"]),
     ("ckpt_path_missing", ["--ckpt_path=/no/such/last.ckpt"],
@@ -150,11 +150,11 @@ def test_bad_setting_fails_up_front_with_one_line(tmp_path, capsys, args, needle
 
 
 def test_bad_setting_through_the_real_command_line(tmp_path):
-    """The same, as a user runs it: the setting is deep in a callback's nested dataclass,
-    where jsonargparse wraps the error; still one line, status 1, no traceback."""
-    args = [*SEARCH, "--trainer.callbacks.init_args.evolution.population_size=1"]
+    """The same, as a user runs it: the setting is in the search's nested dataclass, where
+    jsonargparse wraps the error; still one line, status 1, no traceback."""
+    args = [*SEARCH, "--search.population_size=1"]
     proc = run("train.py", *SYNTHETIC, *logs(tmp_path, "bad"), *args, check=False)
-    one_line_error(proc, "evolution.population_size must be >= 2, got 1")
+    one_line_error(proc, "search.population_size must be an integer >= 2, got 1")
     assert proc.returncode == 1
     no_run_started(tmp_path)
 
@@ -515,7 +515,7 @@ def test_killed_search_resumes_with_nothing_lost(tmp_path, uninterrupted, sig):
 
 class TermAtEpochEnd(Callback):
     """Test-only: SIGTERM to its own process at the end of epoch ``epoch``, right after that
-    epoch's search generation (this callback comes after EvolutionCallback) and before the
+    epoch's search generation (the search's callback always stands first) and before the
     checkpoint callbacks (Lightning runs those last)."""
 
     def __init__(self, epoch: int = 2) -> None:

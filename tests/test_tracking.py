@@ -74,7 +74,7 @@ def test_offline_wandb_run_holds_population_curve_scatter_front_and_artifact(tmp
     (tmp_path / "wandb.yaml").write_text(yaml.safe_dump(config))
     args = [*SEARCH, "--config", str(tmp_path / "wandb.yaml"), *SYNTHETIC, "--trainer.max_epochs=3",
             # let the predictor steer from the second generation on, whatever its tau on 6 points
-            "--trainer.callbacks.init_args.evolution.predictor.min_tau=-1"]
+            "--search.predictor.min_tau=-1"]
     train(tmp_path, *args, wandb=True)
 
     (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
@@ -99,10 +99,10 @@ def test_offline_wandb_run_holds_population_curve_scatter_front_and_artifact(tmp
     assert config["_wandb/visualize/search/curve"]["panel_config"]["panelDefId"] == "wandb/lineseries/v0"
     for chart in ("predicted_vs_measured", "front"):
         assert config[f"_wandb/visualize/search/{chart}"]["panel_config"]["panelDefId"] == "wandb/scatter/v0"
-    # the full LightningCLI configuration, callbacks included
+    # the full LightningCLI configuration, the search's settings included
     assert config["trainer"]["max_epochs"] == 3
-    assert [c["class_path"] for c in config["trainer"]["callbacks"]] == [
-        "callbacks.tracking.SearchTrackingCallback", "callbacks.evolution.EvolutionCallback"]
+    assert config["search"]["population_size"] == 4 and config["search"]["predictor"]["min_tau"] == -1
+    assert config["tracking"] == {"plots": True, "wandb_media": True, "log_config": True, "report": True}
     assert config["data"]["dataset"] == "synthetic" and config["model"]["meta"]["meta_gradient"] == "first_order"
 
     run_dir = tmp_path / "metanas" / "version_0"

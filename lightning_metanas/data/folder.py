@@ -20,16 +20,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lightning_metanas.errors import require_int
+
 from .errors import DataError, DataNotFoundError
 from .omniglot import LabelledImages, PathLike
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 _MODES = {1: "L", 3: "RGB"}
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise DataError(f"{name} must be a positive integer, got {value!r}")
 
 
 def list_image_folder(root: PathLike) -> list[tuple[str, list[Path]]]:
@@ -95,7 +92,7 @@ def load_image_folder(
     floats in [0, 1] with labels ``0..C-1`` (classes in folder-name order, images in file-name
     order within a class), resized with LANCZOS; ``channels`` 1 reads grayscale ("L"), 3 RGB.
     ``invert`` stores ``1 - x`` (the Omniglot pipeline's ink = 1 for dark-on-light images)."""
-    _check_positive_int("image_size", image_size)
+    require_int("image_size", image_size, 1, DataError)
     if channels not in _MODES:
         raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
     classes = list_image_folder(root)

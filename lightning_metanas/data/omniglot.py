@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lightning_metanas.errors import require_int
+
 from .errors import DataError, DataNotFoundError
 
 ZIP_NAMES: tuple[str, ...] = ("images_background.zip", "images_evaluation.zip")
@@ -131,8 +133,7 @@ def load_omniglot(
     Classes are ordered by (zip, alphabet, character) name, drawings by file name, so labels
     are stable across machines. ``cache=False`` neither reads nor writes the cache file.
     """
-    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
-        raise DataError(f"image_size must be a positive integer, got {image_size!r}")
+    require_int("image_size", image_size, 1, DataError)
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataNotFoundError(
