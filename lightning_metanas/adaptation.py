@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 from lightning_metanas.data.omniglot import LabelledImages
-from lightning_metanas.errors import SettingsError
+from lightning_metanas.errors import SettingsError, require_int, require_positive
 from lightning_metanas.evolution import EvolutionarySearch, EvolutionConfig
 from lightning_metanas.functional import channels_last
 from lightning_metanas.maml import Batch, MetaConfig, TaskAdapter
@@ -68,7 +68,7 @@ from lightning_metanas.supernet import SuperNet
 
 @dataclass
 class AdaptConfig:
-    """Settings of one adaptation (the flags of ``adapt.py`` carry the same names).
+    """Settings of one adaptation: each field is a flag of ``adapt.py`` (``--budget``, ...).
 
     Args:
         budget: real scorings of the search (architectures fine-tuned and scored on the task).
@@ -92,7 +92,8 @@ class AdaptConfig:
         lr: learning rate of the final fine-tuning.
         optimizer: ``adam`` or ``sgd`` for the final fine-tuning.
         batch_size: mini-batch size of the final fine-tuning (capped by the train split).
-        seed: seed of the search, the scoring partitions, the mini-batches and ``init=random``.
+        seed: seed of the train/validation split, the search, the scoring partitions, the
+            mini-batches and ``init=random``.
     """
 
     budget: int = 24
@@ -112,26 +113,15 @@ class AdaptConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        def integer(name: str, low: int, optional: bool = False) -> None:
-            value = getattr(self, name)
-            if optional and value is None:
-                return
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise SettingsError(f"--{name} must be an integer >= {low}, got {value!r}")
-
-        integer("budget", 2)
-        integer("population_size", 2, optional=True)
-        integer("offspring", 1, optional=True)
-        for name in ("score_tasks", "score_shots", "score_queries", "batch_size"):
-            integer(name, 1)
-        integer("score_steps", 1, optional=True)
-        integer("finetune_steps", 0)
+        minimums = {"budget": 2, "population_size": 2, "offspring": 1, "score_tasks": 1, "score_shots": 1,
+                    "score_queries": 1, "batch_size": 1, "score_steps": 1, "finetune_steps": 0}
+        optional = ("population_size", "offspring", "score_steps")  # None: the checkpoint's setting
+        for name, minimum in minimums.items():
+            if name not in optional or getattr(self, name) is not None:
+                require_int(f"--{name}", getattr(self, name), minimum)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise SettingsError(f"--seed must be an integer, got {self.seed!r}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (
-            0 < self.lr < float("inf")
-        ):
-            raise SettingsError(f"--lr must be a finite number > 0, got {self.lr!r}")
+        require_positive("--lr", self.lr)
         for name, allowed in (("init", ("meta", "random")), ("head", ("auto", "zero")),
                               ("optimizer", ("adam", "sgd"))):
             if getattr(self, name) not in allowed:
