@@ -38,7 +38,7 @@ from jsonargparse import ArgumentParser
 from lightning_metanas.adaptation import AdaptConfig, adapt
 from lightning_metanas.checkpoints import CheckpointError, data_settings, read_checkpoint, search_state
 from lightning_metanas.data.folder import list_image_folder, load_image_folder, split_image_folder
-from lightning_metanas.errors import SettingsError
+from lightning_metanas.errors import SettingsError, run_main
 from lightning_metanas.module import MetaNASModule
 
 
@@ -129,12 +129,7 @@ def main(args: Optional[list[str]] = None) -> dict:
 def cli_main(args: Optional[list[str]] = None) -> int:
     """The command line: a bad input is one line ``error: <message>`` on stderr and exit
     status 2 (as for a usage error the parser reports), never a traceback."""
-    try:
-        main(args)
-    except SettingsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(lambda: main(args), status=2)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import jinja2
 import yaml
 
 from lightning_metanas import plots
-from lightning_metanas.errors import SettingsError
+from lightning_metanas.errors import SettingsError, run_main
 from lightning_metanas.metrics import kendall_tau
 from lightning_metanas.search_files import BEST_ARCH, HISTORY, SCORED
 from lightning_metanas.search_space import Architecture
@@ -261,7 +261,4 @@ def main(argv: Optional[list[str]] = None) -> Path:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except SettingsError as err:
-        sys.exit(f"error: {err}")
+    sys.exit(run_main(main))
