@@ -56,13 +56,10 @@ class MetaConfig:
         eval_inner_steps: adaptation steps per task at validation and meta-test.
         meta_lr: Adam learning rate of the outer (meta) update.
         meta_gradient: ``first_order`` (FOMAML), ``second_order`` (exact MAML gradient
-            through the inner steps) or ``finite_difference`` (the second-order gradient with
-            its Hessian-vector products approximated by central differences of gradients:
-            close to ``second_order``, at the memory of ``first_order``).
-        fd_epsilon: distance the parameters move along ``v`` for a finite difference
-            (``finite_difference`` only). Smaller crosses fewer ReLU/max-pool kinks but loses
-            float precision: on Conv-4/Omniglot (float32) 1e-5 agreed with ``second_order``
-            far better than DARTS' 0.01 (see BENCHMARKS.md).
+            through the inner steps) or ``finite_difference`` (close to ``second_order``, at
+            the memory of ``first_order``; see this module's docstring).
+        fd_epsilon: distance the parameters move along ``v`` for a finite difference. Smaller
+            crosses fewer ReLU/max-pool kinks but loses float precision (BENCHMARKS.md).
     """
 
     inner_lr: float = 0.4
@@ -178,7 +175,7 @@ class TaskAdapter:
             grads = torch.autograd.grad(result.loss, leaves, allow_unused=True)
             return TaskGradient(result.loss.detach(), result.accuracy, leaves, list(grads))
         if mode not in META_GRADIENTS:
-            raise ValueError(f"unknown meta-gradient mode {mode!r}; one of {list(META_GRADIENTS)}")
+            raise SettingsError(f"unknown meta-gradient mode {mode!r}; one of {list(META_GRADIENTS)}")
         support = (channels_last(support[0]), support[1])
         path = self.adapt(arch, itertools.repeat(support, steps))
         adapted = [t.detach().requires_grad_() for t in path[-1]]

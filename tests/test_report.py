@@ -113,6 +113,15 @@ def test_numbers_are_formatted_and_marked_by_column_not_by_look(tmp_path):
     assert _rows(page, "Settings")[-1] == [(False, "seed"), (False, "0")]
 
 
+def test_a_meta_tested_architecture_other_than_the_best_is_named(tmp_path):
+    run = make_run(tmp_path)
+    assert "Meta-tested architecture" not in write_report(run).read_text()  # the best one was tested
+    other = {"ops": ["conv3x3", "skip"], "widths": [32, 32]}
+    test = json.loads((run / "test_result.json").read_text()) | {"arch": other}
+    page = write_report(run, test=test).read_text()
+    assert "Meta-tested architecture (from the best checkpoint): <code>conv3x3@32-skip@32</code>" in page
+
+
 def test_what_the_files_hold_is_escaped(tmp_path):
     run = make_run(tmp_path)
     (run / "config.yaml").write_text(CONFIG + "# <script>alert('x')</script> & <b>\n")
