@@ -177,7 +177,8 @@ def reject_retired_search_settings(argv: list[str]) -> None:
             config = yaml.safe_load(Path(path).read_text())
         except (OSError, yaml.YAMLError):
             continue  # not readable here: jsonargparse reports it
-        callbacks = ((config or {}).get("trainer") or {}).get("callbacks") if isinstance(config, dict) else None
+        trainer = config.get("trainer") if isinstance(config, dict) else None
+        callbacks = trainer.get("callbacks") if isinstance(trainer, dict) else None
         for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
             if isinstance(callback, dict) and callback.get("class_path") in _RETIRED_CALLBACKS:
                 raise SettingsError(

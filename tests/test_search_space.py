@@ -1,3 +1,6 @@
+"""The search space as plain values: the operation registry, Conv-4 as a point of the space,
+its size, architectures as JSON (round trip, bad files named), validation, the search's moves
+(sample, mutate, crossover) staying in the space, and the predictor's encoding."""
 import json
 import random
 

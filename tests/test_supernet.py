@@ -1,3 +1,6 @@
+"""The SuperNet: every operation and sampled subnet runs with the right shapes, Conv-4 counts
+match the MAML network, unused paths get no gradient, and one inner step and the
+meta-gradient equal hand-written ones."""
 import random
 
 import pytest
