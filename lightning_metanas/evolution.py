@@ -79,7 +79,8 @@ class EvolutionConfig:
             if not ok:
                 raise EvolutionSettingsError(f"search.{message}")
 
-        for name, minimum in (("population_size", 2), ("offspring", 1), ("tasks_per_score", 1), ("generations_per_epoch", 1)):
+        minimums = {"population_size": 2, "offspring": 1, "tasks_per_score": 1, "generations_per_epoch": 1}
+        for name, minimum in minimums.items():
             require_int(f"search.{name}", getattr(self, name), minimum, EvolutionSettingsError)
         need(
             self.pool_size >= self.offspring,
