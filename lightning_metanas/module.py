@@ -17,7 +17,7 @@ import torch
 from lightning_metanas.errors import SettingsError
 from lightning_metanas.maml import MetaConfig, TaskAdapter
 from lightning_metanas.metrics import TaskAccuracy
-from lightning_metanas.samplers import ArchitectureSampler, FixedSampler, UniformSampler
+from lightning_metanas.samplers import SAMPLING_RULES, ArchitectureSampler, FixedSampler, SamplingRule, UniformSampler
 from lightning_metanas.search_space import Architecture, ArchitectureError, SearchSpace
 from lightning_metanas.supernet import SuperNet
 
@@ -41,6 +41,10 @@ class MetaNASModule(pl.LightningModule):
         eval_arch: architecture JSON that validation and test evaluate; by default the
             sampler's best (Conv-4 before any search).
         seed: seed of the per-task architecture sampling (offset by the DDP rank).
+        sampling: how a meta-batch's architectures are drawn from the space when no single
+            architecture is trained: ``uniform``, ``fair`` or ``sandwich`` (see
+            ``lightning_metanas.samplers``); the search's share of draws from the space uses
+            it too.
     """
 
     def __init__(
@@ -53,12 +57,15 @@ class MetaNASModule(pl.LightningModule):
         train_arch: Optional[str] = None,
         eval_arch: Optional[str] = None,
         seed: int = 0,
+        sampling: SamplingRule = "uniform",
     ) -> None:
         super().__init__()
         search_space = _as_settings(SearchSpace, search_space)
         meta = _as_settings(MetaConfig, meta)
         if ways < 2:
             raise SettingsError(f"model.ways (data.ways) must be >= 2, got {ways}")
+        if sampling not in SAMPLING_RULES:
+            raise SettingsError(f"model.sampling must be one of {list(SAMPLING_RULES)}, got {sampling!r}")
         self.save_hyperparameters(
             {
                 "ways": ways,
@@ -69,9 +76,10 @@ class MetaNASModule(pl.LightningModule):
                 "train_arch": train_arch,
                 "eval_arch": eval_arch,
                 "seed": seed,
+                "sampling": sampling,
             }
         )
-        self.space, self.meta = search_space, meta
+        self.space, self.meta, self.sampling = search_space, meta, sampling
         self.supernet = SuperNet(search_space, ways, image_channels)
         self.adapter = TaskAdapter(self.supernet, meta.inner_lr)
         self.sampler: ArchitectureSampler = self._initial_sampler(train_arch)
@@ -97,7 +105,7 @@ class MetaNASModule(pl.LightningModule):
     def _initial_sampler(self, train_arch: Optional[str]) -> ArchitectureSampler:
         if train_arch:
             return FixedSampler(self.load_architecture(train_arch))
-        return UniformSampler(self.space)
+        return UniformSampler(self.space, rule=self.sampling)
 
     def evaluated_architecture(self) -> Architecture:
         return self.eval_arch or self.sampler.best()
@@ -118,7 +126,7 @@ class MetaNASModule(pl.LightningModule):
         support_x, support_y, query_x, query_y = batch
         batch_size = support_x.shape[0]
         rng = self.step_rng()
-        archs = self.last_step_archs = [self.sampler.sample(rng) for _ in range(batch_size)]
+        archs = self.last_step_archs = self.sampler.sample_batch(rng, batch_size)
         result = self.adapter.meta_batch_gradient(
             archs,
             batch,
@@ -182,5 +190,5 @@ class MetaNASModule(pl.LightningModule):
         # train start, and a fixed training architecture stays fixed.
         if "evaluated_arch" in checkpoint and not isinstance(self.sampler, FixedSampler):
             self.sampler = UniformSampler(
-                self.space, best=Architecture.from_dict(checkpoint["evaluated_arch"])
+                self.space, best=Architecture.from_dict(checkpoint["evaluated_arch"]), rule=self.sampling
             )

@@ -1,6 +1,7 @@
 """The evolutionary search and the predictor as plain Python, with a known score function."""
 import json
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -161,7 +162,7 @@ def test_population_sampler_mixes_uniform_samples():
     rng = random.Random(0)
     population = [SPACE.sample(rng) for _ in range(3)]
     sampler = PopulationSampler(SPACE, population, population[0], uniform_share=0.25)
-    draws = [sampler.sample(rng) for _ in range(400)]
+    draws = sampler.sample_batch(rng, 400)
     share = sum(d not in population for d in draws) / 400
     assert 0.15 < share < 0.35
     assert sampler.best() == population[0]
@@ -202,5 +203,6 @@ def test_callback_meta_trains_the_best_architecture_alone_once_the_search_is_ove
     assert isinstance(module.sampler, FixedSampler)
     assert module.sampler.arch == search.best().arch == module.evaluated_architecture()
     history = list(search.history)
-    callback.on_train_epoch_end(trainer=None, pl_module=module)  # no generation runs any more
+    trainer = SimpleNamespace(current_epoch=2)  # past warmup_epochs (default 0)
+    callback.on_train_epoch_end(trainer=trainer, pl_module=module)  # no generation runs any more
     assert search.history == history and search.generation == 2
