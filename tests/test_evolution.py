@@ -119,6 +119,18 @@ def test_accept_returns_the_record_that_history_keeps_logs_and_saves(tmp_path):
         run(EvolutionConfig(population_size=6, offspring=3, pool_size=9), 2, seed=4).archive
 
 
+def test_accept_counts_the_real_scorings_it_is_told():
+    """The callback keeps scores measured under the same weights (callbacks/evolution.py) and
+    tells accept how many were new: the one record then says so."""
+    search = EvolutionarySearch(SPACE, EvolutionConfig(population_size=4, offspring=2, pool_size=4, tournament_size=2))
+    first = search.accept({a: toy_score(a) for a in search.to_score(search.propose())})
+    assert first.real_scorings == 4
+    archs = search.to_score(search.propose())
+    assert len(archs) == 6  # 4 survivors re-scored + 2 offspring
+    second = search.accept({a: toy_score(a) for a in archs}, real_scorings=2)
+    assert second.real_scorings == 2 and search.history == [first, second]
+
+
 def test_predictor_learns_the_ranking_and_screens_offspring():
     config = EvolutionConfig(
         population_size=10, offspring=4, pool_size=24, predictor=PredictorConfig(min_archive=20)
