@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Optional
 
@@ -37,7 +38,7 @@ from jsonargparse import ArgumentParser
 from lightning_metanas.adaptation import AdaptConfig, adapt
 from lightning_metanas.checkpoints import CheckpointError, data_state, read_checkpoint, search_state
 from lightning_metanas.data.folder import list_image_folder, load_image_folder, split_image_folder
-from lightning_metanas.errors import SettingsError
+from lightning_metanas.errors import SettingsError, run_main
 from lightning_metanas.module import MetaNASModule
 
 
@@ -56,38 +57,14 @@ def parse(args: Optional[list[str]] = None):
     parser.add_argument("--val_fraction", type=float, default=0.25,
                         help="Share of each class held out for the final validation accuracy.")
     parser.add_argument("--out", type=Optional[str], default=None, help="Write the result as JSON here.")
-    defaults = AdaptConfig()
-    helps = {
-        "budget": "Real scorings of the architecture search.",
-        "warm_start": "Start from the meta-population with the meta-predictor; false: random "
-                      "population, no predictor (same budget, same meta-weights).",
-        "population_size": "Population of the task search (default: the checkpoint's, capped by --budget).",
-        "offspring": "Architectures scored per generation (default: the checkpoint's).",
-        "init": "meta: fine-tune from the meta-weights; random: from a fresh SuperNet (reference).",
-        "head": "auto: keep the meta-learned head if the task has the checkpoint's ways, else a "
-                "zero head of the task's classes; zero: always a zero head.",
-        "score_tasks": "Support/query partitions of the train split each candidate is scored on.",
-        "score_shots": "Support images per class in a scoring partition.",
-        "score_queries": "Held-out query images per class in a scoring partition.",
-        "score_steps": "SGD steps at the meta inner lr before scoring (default: the checkpoint's eval_inner_steps).",
-        "finetune_steps": "Steps of the final fine-tuning on the train split.",
-        "lr": "Learning rate of the final fine-tuning.",
-        "optimizer": "adam or sgd, for the final fine-tuning.",
-        "batch_size": "Mini-batch size of the final fine-tuning.",
-        "seed": "Seed of the split, the search, the scoring partitions and the mini-batches.",
-    }
-    types = {"budget": int, "warm_start": bool, "population_size": Optional[int], "offspring": Optional[int],
-             "init": str, "head": str, "score_tasks": int, "score_shots": int, "score_queries": int,
-             "score_steps": Optional[int], "finetune_steps": int, "lr": float, "optimizer": str,
-             "batch_size": int, "seed": int}
-    for name, help_text in helps.items():
-        parser.add_argument(f"--{name}", type=types[name], default=getattr(defaults, name), help=help_text)
+    # every field of AdaptConfig is a flag of the same name, with its type and its docstring
+    parser.add_class_arguments(AdaptConfig, None, instantiate=False)
     return parser.parse_args(args)
 
 
 def main(args: Optional[list[str]] = None) -> dict:
     cli = parse(args)
-    settings = {name: cli[name] for name in AdaptConfig.__dataclass_fields__}
+    settings = {field.name: cli[field.name] for field in fields(AdaptConfig)}
     config = AdaptConfig(**settings)
     if not Path(cli.ckpt_path).is_file():
         raise CheckpointError(f"--ckpt_path {cli.ckpt_path}: no such file")
@@ -157,12 +134,7 @@ def main(args: Optional[list[str]] = None) -> dict:
 def cli_main(args: Optional[list[str]] = None) -> int:
     """The command line: a bad input is one line ``error: <message>`` on stderr and exit
     status 2 (as for a usage error the parser reports), never a traceback."""
-    try:
-        main(args)
-    except SettingsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(lambda: main(args), status=2)
 
 
 if __name__ == "__main__":

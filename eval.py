@@ -18,7 +18,7 @@ from jsonargparse import ArgumentParser
 
 from lightning_metanas.checkpoints import CheckpointError, data_settings, read_checkpoint
 from lightning_metanas.data import EpisodicDataModule
-from lightning_metanas.errors import SettingsError
+from lightning_metanas.errors import run_main
 from lightning_metanas.module import MetaNASModule
 
 
@@ -74,7 +74,4 @@ def main(args: Optional[list[str]] = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except SettingsError as err:
-        sys.exit(f"error: {err}")
+    sys.exit(run_main(main))

@@ -4,7 +4,8 @@
     python train.py                                   # the default configuration
     python train.py --config configs/quick.yaml       # ~10 minutes on 2 CPU cores
     python train.py --config configs/omniglot_5w1s.yaml --trainer.max_epochs=3
-    python train.py --help                            # every setting
+    python train.py --config configs/search_quick.yaml --search.population_size=6   # a search
+    python train.py --help                            # every setting (--search.help: the search's)
 
 Resume a stopped run (killed, SIGTERM, out of time) with the settings it ran with:
 
@@ -32,9 +33,12 @@ from typing import Iterator, Optional
 import pytorch_lightning as pl
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from callbacks.evolution import EvolutionCallback
 from callbacks.guards import FiniteLossGuard, NonFiniteLossError
+from callbacks.tracking import SearchTrackingCallback
 from lightning_metanas.cli import build_cli, resolve_ckpt_path
 from lightning_metanas.errors import SettingsError
+from lightning_metanas.report import TEST_RESULT, test_result
 
 SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
 RESUME_HINT = "resume with the run's settings and --ckpt_path=last"
@@ -82,7 +86,10 @@ def stopped_cleanly(trainer: pl.Trainer, resumed_from: Optional[str]) -> Iterato
 
 
 def main(args: list[str] | None = None) -> None:
-    cli = build_cli(args, forced_callbacks={"finite_guard": FiniteLossGuard})
+    cli = build_cli(
+        args, forced_callbacks={"finite_guard": FiniteLossGuard, "tracking": SearchTrackingCallback},
+        search_callback=EvolutionCallback,
+    )
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     ckpt_path = resolve_ckpt_path(cli.config.ckpt_path, trainer, model)  # before any data is read
     if ckpt_path and trainer.is_global_zero:
@@ -103,9 +110,8 @@ def main(args: list[str] | None = None) -> None:
         )
         if trainer.checkpoint_callback and trainer.checkpoint_callback.dirpath and not trainer.fast_dev_run:
             # next to config.yaml and checkpoints/, for `python -m lightning_metanas.report`
-            record = {k: result[k] for k in ("acc", "acc_ci95")} | {"tasks": int(result["tasks"])}
-            record |= {"ways": data.ways, "shots": data.shots, "arch": arch.to_dict(), "checkpoint": best}
-            path = Path(trainer.checkpoint_callback.dirpath).parent / "test_result.json"
+            record = test_result(result, data.ways, data.shots, arch) | {"checkpoint": best}
+            path = Path(trainer.checkpoint_callback.dirpath).parent / TEST_RESULT
             path.write_text(json.dumps(record, indent=2) + "\n")
 
 

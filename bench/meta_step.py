@@ -28,7 +28,7 @@ runs one step and reports ``ru_maxrss`` (``before step``: its value before the s
 parent process imports no torch, so the ``ru_maxrss`` its children inherit across
 ``execve`` is smaller than their own (checked against ``VmHWM``).
 torch uses 2 threads in every subprocess (``torch.set_num_threads(2)``); the project's step
-spreads its tasks over 2 worker threads with 1 intra-op thread each (see maml.py).
+spreads its tasks over 2 worker threads with 1 intra-op thread each (see parallel.py).
 """
 from __future__ import annotations
 
@@ -172,15 +172,17 @@ def project_contender(mode: str, steps: int):
 def l2l_clone_contender(mode: str, steps: int):
     """The project's step before this change: learn2learn clone()/adapt() of the whole
     SuperNet per task, one backward through all task graphs."""
+    from tests.maml_reference import l2l_adapt
+
     module = project_module(mode, steps)
     opt = module.configure_optimizers()
-    adapter, arch = module.adapter, module.space.reference()
+    net, arch = module.supernet, module.space.reference()
 
     def step(batch):
         opt.zero_grad()
         losses = []
         for t in range(batch[0].shape[0]):
-            learner = adapter.adapt(arch, batch[0][t], batch[1][t], steps, mode == "second_order")
+            learner = l2l_adapt(net, arch, batch[0][t], batch[1][t], steps, INNER_LR, mode == "second_order")
             losses.append(F.cross_entropy(learner(batch[2][t], arch), batch[3][t]))
         torch.stack(losses).mean().backward()
         opt.step()
@@ -209,7 +211,7 @@ def sequential_contender(mode: str, steps: int):
     """The project's step with its tasks one after the other in the calling thread (torch's
     2 intra-op threads), instead of on 2 worker threads."""
     module = project_module(mode, steps)
-    module.adapter.workers = 1
+    module.adapter.threads.workers = 1
     opt = module.configure_optimizers()
 
     def step(batch):

@@ -21,7 +21,7 @@ arm() {  # setting arm
     # the searched arm's flags, from the config's header line
     read -r -a extra <<<"$(grep '^#   searched:' "configs/results/omniglot_$setting.yaml" \
       | sed 's/.*--config configs\/results\/omniglot_[0-9a-z]*\.yaml //; s/ --trainer.logger.*//')"
-    [ -n "$SEED" ] && extra+=(--trainer.callbacks.init_args.seed="$SEED")
+    [ -n "$SEED" ] && extra+=(--search.seed="$SEED")
   else
     extra=(--model.train_arch=reference)
   fi

@@ -1,18 +1,20 @@
 """When the evolutionary search runs: one or more generations at the end of each training epoch,
-until ``evolution.generations`` have run; the remaining epochs meta-train the best architecture
+until ``search.generations`` have run; the remaining epochs meta-train the best architecture
 alone.
 
 The algorithm is ``lightning_metanas.evolution.EvolutionarySearch``; this callback only
 schedules it, shards the real scoring over DDP ranks, broadcasts rank 0's decisions, hands the
-new population to the LightningModule's sampler, logs, and writes ``best_arch.json``.
+new population to the LightningModule's sampler, logs each generation's record and writes the
+search's files (``lightning_metanas.search_files``) next to the checkpoints.
 
-Why ``on_train_epoch_end``: it runs after the epoch's validation and before the checkpoint
-callback saves (with ``save_on_train_epoch_end``), so each checkpoint holds the population the
-next epoch trains with.
+train.py adds it, first in the trainer's list, whenever the command line or a config has a
+``search`` section (``--search.<field>``, ``lightning_metanas.cli``). Why
+``on_train_epoch_end``: it runs after the epoch's validation and before the checkpoint
+callbacks (Lightning runs those last), so each checkpoint holds the population the next epoch
+trains with; standing first, it runs before every other callback's epoch end.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,9 +23,10 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from callbacks.progress import scoring_progress
-from lightning_metanas.evolution import EvolutionarySearch, EvolutionConfig, GenerationReport
+from lightning_metanas.evolution import EvolutionarySearch, EvolutionConfig, GenerationRecord
 from lightning_metanas.samplers import FixedSampler, PopulationSampler
 from lightning_metanas.scoring import Tasks, score_architectures, stack_tasks
+from lightning_metanas.search_files import scored_record, write_search_files
 from lightning_metanas.search_space import Architecture
 
 
@@ -31,20 +34,17 @@ class EvolutionCallback(Callback):
     """Evolves the population that the meta-train step samples its subnets from.
 
     Args:
-        evolution: settings of the evolutionary search (population, offspring, selection,
-            predictor, ...).
-        seed: seed of the search's own random choices (identical on every rank).
+        config: settings of the evolutionary search (``--search.*``).
     """
 
-    def __init__(self, evolution: EvolutionConfig = EvolutionConfig(), seed: int = 0) -> None:
-        if isinstance(evolution, dict):
-            evolution = EvolutionConfig(**evolution)
-        self.config, self.seed = evolution, seed
+    def __init__(self, config: EvolutionConfig = EvolutionConfig()) -> None:
+        self.config = config
         self.search: Optional[EvolutionarySearch] = None
+        self.scored: Optional[dict] = None  # the last scored.json written (tracking draws it)
         self._restored: Optional[dict] = None
         self._tasks: Optional[Tasks] = None
-        self.last_report: Optional[GenerationReport] = None
         self._export_dir: Optional[Path] = None
+        self._sizes: dict[Architecture, tuple[int, int]] = {}
         self._cache: dict[Architecture, float] = {}  # scores under the weights of _cache_step
         self._cache_step: Optional[int] = None
         self.real_scorings = 0
@@ -52,7 +52,7 @@ class EvolutionCallback(Callback):
     # -- lifecycle -----------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.search is None:
-            self.search = EvolutionarySearch(pl_module.space, self.config, seed=self.seed)
+            self.search = EvolutionarySearch(pl_module.space, self.config)
         if self._restored is not None:
             self.search.load_state_dict(self._restored)
             self._restored = None
@@ -96,7 +96,7 @@ class EvolutionCallback(Callback):
             if self.config.score_queries is not None:
                 dataset = dataset.variant(
                     queries=self.config.score_queries, num_tasks=self.config.tasks_per_score,
-                    setting="evolution.score_queries",
+                    setting="search.score_queries",
                 )
             count = min(self.config.tasks_per_score, len(dataset))
             self._tasks = stack_tasks([dataset[i] for i in range(count)])
@@ -133,7 +133,7 @@ class EvolutionCallback(Callback):
             scores = trainer.strategy.reduce(scores, reduce_op="sum")
         return scores.tolist()
 
-    def run_generation(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> GenerationReport:
+    def run_generation(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> GenerationRecord:
         search, strategy = self.search, trainer.strategy
         # Decisions happen once, on rank 0, and are broadcast: every rank scores the same list.
         proposals = [a.to_dict() for a in search.to_score(search.propose())] if trainer.is_global_zero else None
@@ -141,31 +141,21 @@ class EvolutionCallback(Callback):
         scores = self.score(trainer, pl_module, archs)
         state = None
         if trainer.is_global_zero:
-            search.accept(dict(zip(archs, scores)))
+            search.accept(dict(zip(archs, scores)), self.real_scorings)
             state = search.state_dict()
         search.load_state_dict(strategy.broadcast(state, src=0))
-        report = self.last_report = self._report(search, self.real_scorings)
+        record = search.history[-1]  # the record accept returned, on every rank
         self._install_sampler(pl_module)
-        self._log(pl_module, report)
-        if trainer.is_global_zero:
-            self._export(trainer, search)
-        return report
+        self._log(pl_module, record)
+        if trainer.is_global_zero and self._export_dir is not None:
+            self.scored = scored_record(
+                search, lambda arch: self._size(pl_module, arch), ways=pl_module.hparams.ways,
+                image_size=pl_module.hparams.image_size, image_channels=pl_module.hparams.image_channels,
+            )
+            write_search_files(self._export_dir, search, self.scored)
+        return record
 
     # -- plumbing ------------------------------------------------------------------------
-    def _report(self, search: EvolutionarySearch, real_scorings: int) -> GenerationReport:
-        entry = search.history[-1]
-        return GenerationReport(
-            generation=entry["generation"],
-            best_arch=Architecture.from_dict(entry["best_arch"]),
-            best_score=entry["best_score"],
-            mean_score=entry["mean_score"],
-            diversity=entry["diversity"],
-            real_scorings=real_scorings,
-            predictor_used=search.predictor.ready,
-            predictor_tau=entry["predictor_tau"],
-            new=[m for m in search.population if m.born == entry["generation"]],
-        )
-
     def _install_sampler(self, pl_module: pl.LightningModule) -> None:
         if self.search.finished:  # the search is over: meta-train its best architecture alone
             pl_module.sampler = FixedSampler(self.search.best().arch)
@@ -178,27 +168,19 @@ class EvolutionCallback(Callback):
             pl_module.sampling,
         )
 
-    def _log(self, pl_module: pl.LightningModule, report: GenerationReport) -> None:
-        metrics = {
-            "search/generation": float(report.generation),
-            "search/best_score": report.best_score,
-            "search/mean_score": report.mean_score,
-            "search/diversity": report.diversity,
-            "search/real_scorings": float(report.real_scorings),
-            "search/archive_size": float(len(self.search.archive)),
-        }
-        if report.predictor_tau is not None:
-            metrics["search/predictor_tau"] = report.predictor_tau
+    def _log(self, pl_module: pl.LightningModule, record: GenerationRecord) -> None:
+        metrics = {f"search/{k}": float(v) for k, v in record.to_dict().items() if k != "best_arch" and v is not None}
+        metrics["search/archive_size"] = float(len(self.search.archive))
         # Identical on every rank already (broadcast), so no sync is needed.
         pl_module.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=False)
 
-    def _export(self, trainer: pl.Trainer, search: EvolutionarySearch) -> None:
-        directory = self._export_dir
-        if directory is None:
-            return
-        directory.mkdir(parents=True, exist_ok=True)
-        search.best().arch.save(directory / "best_arch.json")
-        (directory / "search_history.json").write_text(json.dumps(search.history, indent=1) + "\n")
+    def _size(self, pl_module: pl.LightningModule, arch: Architecture) -> tuple[int, int]:
+        """(parameters, multiply-accumulates per image) of the stand-alone subnet."""
+        if arch not in self._sizes:
+            supernet = pl_module.supernet
+            self._sizes[arch] = (int(supernet.num_parameters(arch)),
+                                 int(supernet.flops(arch, pl_module.hparams.image_size)))
+        return self._sizes[arch]
 
     @staticmethod
     def export_dir(trainer: pl.Trainer) -> Optional[Path]:

@@ -50,17 +50,16 @@ import copy
 import random
 import time
 from dataclasses import dataclass, field, replace
-from typing import Literal, Optional
+from typing import Iterator, Literal, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from lightning_metanas.data.omniglot import LabelledImages
-from lightning_metanas.errors import SettingsError
+from lightning_metanas.errors import SettingsError, require_int, require_positive
 from lightning_metanas.evolution import EvolutionarySearch, EvolutionConfig
-from lightning_metanas.maml import MetaConfig, TaskAdapter, channels_last
+from lightning_metanas.functional import channels_last
+from lightning_metanas.maml import Batch, MetaConfig, TaskAdapter
 from lightning_metanas.predictor import PerformancePredictor
 from lightning_metanas.scoring import Tasks, score_architectures
 from lightning_metanas.search_space import Architecture, SearchSpace
@@ -69,7 +68,7 @@ from lightning_metanas.supernet import SuperNet
 
 @dataclass
 class AdaptConfig:
-    """Settings of one adaptation (the flags of ``adapt.py`` carry the same names).
+    """Settings of one adaptation: each field is a flag of ``adapt.py`` (``--budget``, ...).
 
     Args:
         budget: real scorings of the search (architectures fine-tuned and scored on the task).
@@ -93,7 +92,8 @@ class AdaptConfig:
         lr: learning rate of the final fine-tuning.
         optimizer: ``adam`` or ``sgd`` for the final fine-tuning.
         batch_size: mini-batch size of the final fine-tuning (capped by the train split).
-        seed: seed of the search, the scoring partitions, the mini-batches and ``init=random``.
+        seed: seed of the train/validation split, the search, the scoring partitions, the
+            mini-batches and ``init=random``.
     """
 
     budget: int = 24
@@ -113,26 +113,15 @@ class AdaptConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        def integer(name: str, low: int, optional: bool = False) -> None:
-            value = getattr(self, name)
-            if optional and value is None:
-                return
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise SettingsError(f"--{name} must be an integer >= {low}, got {value!r}")
-
-        integer("budget", 2)
-        integer("population_size", 2, optional=True)
-        integer("offspring", 1, optional=True)
-        for name in ("score_tasks", "score_shots", "score_queries", "batch_size"):
-            integer(name, 1)
-        integer("score_steps", 1, optional=True)
-        integer("finetune_steps", 0)
+        minimums = {"budget": 2, "population_size": 2, "offspring": 1, "score_tasks": 1, "score_shots": 1,
+                    "score_queries": 1, "batch_size": 1, "score_steps": 1, "finetune_steps": 0}
+        optional = ("population_size", "offspring", "score_steps")  # None: the checkpoint's setting
+        for name, minimum in minimums.items():
+            if name not in optional or getattr(self, name) is not None:
+                require_int(f"--{name}", getattr(self, name), minimum)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise SettingsError(f"--seed must be an integer, got {self.seed!r}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (
-            0 < self.lr < float("inf")
-        ):
-            raise SettingsError(f"--lr must be a finite number > 0, got {self.lr!r}")
+        require_positive("--lr", self.lr)
         for name, allowed in (("init", ("meta", "random")), ("head", ("auto", "zero")),
                               ("optimizer", ("adam", "sgd"))):
             if getattr(self, name) not in allowed:
@@ -328,48 +317,50 @@ def search_architecture(
 
 
 # -- fine-tuning and measuring -----------------------------------------------------------
-def finetune(
-    net: SuperNet, arch: Architecture, x: torch.Tensor, y: torch.Tensor, steps: int,
-    lr: float, optimizer: str = "adam", batch_size: int = 32, seed: int = 0,
-) -> dict[str, torch.Tensor]:
-    """Fine-tune the parameters ``arch`` uses (copies: ``net`` is left as it is) for ``steps``
-    steps on mini-batches of ``min(batch_size, len(y))`` images drawn from seeded
-    permutations of ``(x, y)``. Returns the fine-tuned parameters by name."""
-    used = net.parameters_of(arch)
-    names = [n for n, _ in used]
-    params = [p.detach().clone().requires_grad_(True) for _, p in used]
-    opt_cls = torch.optim.Adam if optimizer == "adam" else torch.optim.SGD
-    opt = opt_cls(params, lr=lr)
+def minibatches(x: torch.Tensor, y: torch.Tensor, steps: int, batch_size: int, seed: int = 0) -> Iterator[Batch]:
+    """``steps`` mini-batches of ``min(batch_size, len(y))`` images (channels-last) drawn from
+    seeded permutations of ``(x, y)``, one permutation after the other."""
     generator = torch.Generator().manual_seed(seed)
     size = min(batch_size, len(y))
     stream = torch.empty(0, dtype=torch.long)
-    with torch.enable_grad():
-        for _ in range(steps):
-            while len(stream) < size:
-                stream = torch.cat([stream, torch.randperm(len(y), generator=generator)])
-            index, stream = stream[:size], stream[size:]
-            logits = functional_call(
-                net, dict(zip(names, params)), (channels_last(x[index]), arch), strict=False
-            )
-            loss = F.cross_entropy(logits, y[index])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    return {n: p.detach() for n, p in zip(names, params)}
+    for _ in range(steps):
+        while len(stream) < size:
+            stream = torch.cat([stream, torch.randperm(len(y), generator=generator)])
+        index, stream = stream[:size], stream[size:]
+        yield channels_last(x[index]), y[index]
+
+
+def finetune(
+    adapter: TaskAdapter, arch: Architecture, x: torch.Tensor, y: torch.Tensor, steps: int,
+    lr: float, optimizer: str = "adam", batch_size: int = 32, seed: int = 0,
+) -> list[torch.Tensor]:
+    """Fine-tune copies of the parameters ``arch`` uses (the network is left as it is): the
+    adapter's inner loop over ``minibatches``, each step an ``optimizer`` (Adam or SGD) step.
+    Returns the fine-tuned parameters, in the order of ``adapter.subnet(arch)``."""
+    params = [p.detach().clone().requires_grad_(True) for p in adapter.subnet(arch)[1]]
+    opt = (torch.optim.Adam if optimizer == "adam" else torch.optim.SGD)(params, lr=lr)
+
+    def step(theta: list[torch.Tensor], grads: list[Optional[torch.Tensor]]) -> list[torch.Tensor]:
+        for p, g in zip(theta, grads):
+            p.grad = g
+        opt.step()
+        return theta
+
+    path = adapter.adapt(arch, minibatches(x, y, steps, batch_size, seed), params, update=step)
+    return [p.detach() for p in path[-1]]
 
 
 @torch.no_grad()
 def accuracy(
-    net: SuperNet, arch: Architecture, params: dict[str, torch.Tensor], x: torch.Tensor,
+    adapter: TaskAdapter, arch: Architecture, params: list[torch.Tensor], x: torch.Tensor,
     y: torch.Tensor, chunk: int = 1024,
 ) -> float:
     """Share of ``x`` classified as ``y`` by ``arch`` with ``params`` (BatchNorm normalises
     with the statistics of each chunk of up to ``chunk`` images: one batch for small sets)."""
+    forward = adapter.subnet(arch)[0]
     correct = 0
     for start in range(0, len(y), chunk):
-        logits = functional_call(
-            net, params, (channels_last(x[start : start + chunk]), arch), strict=False
-        )
+        logits = forward(params, channels_last(x[start : start + chunk]))
         correct += int((logits.argmax(-1) == y[start : start + chunk]).sum())
     return correct / len(y)
 
@@ -406,13 +397,13 @@ def adapt(
     )
     start = time.perf_counter()
     params = finetune(
-        net, outcome.best, train.images, train.labels, config.finetune_steps, config.lr,
+        adapter, outcome.best, train.images, train.labels, config.finetune_steps, config.lr,
         config.optimizer, config.batch_size, config.seed,
     )
     finetune_seconds = time.perf_counter() - start
     return AdaptResult(
         arch=outcome.best,
-        val_acc=accuracy(net, outcome.best, params, val.images, val.labels),
+        val_acc=accuracy(adapter, outcome.best, params, val.images, val.labels),
         search_score=outcome.best_score,
         search_seconds=outcome.seconds,
         finetune_seconds=finetune_seconds,

@@ -1,25 +1,36 @@
-"""The command line: LightningCLI with this project's defaults, shared by train.py and adapt.py.
+"""train.py's command line: LightningCLI with this project's defaults and always-on parts.
 
 LightningCLI reads every setting from the constructors' type hints, so ``--help`` lists
 them, values are type-checked before anything runs, and ``--config`` YAML files compose with
 flags (later arguments win). ``run=False``: people type ``python train.py --trainer.x=...``,
 not a subcommand.
+
+Besides the model, data and trainer, the command line has groups of its own: the two
+checkpoint callbacks (``--checkpoint.*``, ``--last_checkpoint.*``), the callbacks train.py
+forces on every run (``--finite_guard.*``, ``--tracking.*``) and the search (``--search.*``:
+the fields of ``EvolutionConfig``). The search runs when its group is given (any
+``--search.<field>`` flag, or a ``search:`` section in a config) and not when it is absent or
+null; its callback then stands first among the trainer's callbacks, so the order of the
+others does not matter.
 """
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pytorch_lightning as pl
+import yaml
 from jsonargparse import lazy_instance
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import CSVLogger
 
 from lightning_metanas.checkpoints import load_weights_only
 from lightning_metanas.data import EpisodicDataModule
 from lightning_metanas.errors import SettingsError
+from lightning_metanas.evolution import EvolutionConfig
 from lightning_metanas.module import MetaNASModule
 
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -32,12 +43,41 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 }
 
 
+SearchCallback = Callable[[EvolutionConfig], Callback]
+
+
 class MetaNASCLI(LightningCLI):
-    def __init__(self, *args: Any, forced_callbacks: Optional[dict[str, type]] = None, **kwargs: Any) -> None:
-        # Callbacks every run gets, each settable as --<key>.* (train.py passes the
-        # FiniteLossGuard: lightning_metanas never imports the top-level callbacks package).
+    """LightningCLI plus the groups of this module's docstring.
+
+    Args:
+        forced_callbacks: callbacks every run gets, each settable as ``--<key>.*``.
+        search_callback: builds the callback that runs the search from ``--search.*``.
+
+    train.py passes both (the guard, the tracking and ``EvolutionCallback``):
+    ``lightning_metanas`` never imports the top-level ``callbacks`` package.
+    """
+
+    def __init__(
+        self, *args: Any, forced_callbacks: Optional[dict[str, type]] = None,
+        search_callback: Optional[SearchCallback] = None, **kwargs: Any,
+    ) -> None:
         self.forced_callbacks = dict(forced_callbacks or {})
+        self.search_callback = search_callback
         super().__init__(*args, **kwargs)
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        if args is None or isinstance(args, list):
+            reject_retired_search_settings(sys.argv[1:] if args is None else args)
+        super().parse_arguments(parser, args)
+
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        search = self._get(self.config_init, "search", default=None)
+        if search is not None and self.search_callback is not None:
+            # first: its generation ends each epoch before any other callback sees the epoch end
+            given = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+            given = given if isinstance(given, list) else [given]
+            kwargs["callbacks"] = [self.search_callback(search), *given]
+        return super().instantiate_trainer(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -53,6 +93,13 @@ class MetaNASCLI(LightningCLI):
         )
         for key, callback in self.forced_callbacks.items():
             parser.add_lightning_class_args(callback, key)
+        if self.search_callback is not None:
+            parser.add_argument(
+                "--search", type=Optional[EvolutionConfig], default=None,
+                help="The across-task search (evolution + predictor), one generation per epoch; "
+                     "off unless given: any --search.<field> or a search: section turns it on, "
+                     "--search=null turns a config's search off. --search.help lists the fields.",
+            )
         parser.add_argument(
             "--test",
             type=bool,
@@ -93,7 +140,8 @@ class MetaNASCLI(LightningCLI):
 
 
 def build_cli(
-    args: Optional[list[str]] = None, forced_callbacks: Optional[dict[str, type]] = None
+    args: Optional[list[str]] = None, forced_callbacks: Optional[dict[str, type]] = None,
+    search_callback: Optional[SearchCallback] = None,
 ) -> MetaNASCLI:
     return MetaNASCLI(
         MetaNASModule,
@@ -105,7 +153,39 @@ def build_cli(
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"description": "Meta-train a SuperNet across few-shot tasks."},
         forced_callbacks=forced_callbacks,
+        search_callback=search_callback,
     )
+
+
+# Before the search had a group of its own, it was the last of trainer.callbacks.
+_RETIRED_FLAG = re.compile(r"--trainer\.callbacks\.(?:init_args\.)?evolution\.([^=\s]+)")
+_RETIRED_CALLBACKS = ("callbacks.evolution.EvolutionCallback", "callbacks.tracking.SearchTrackingCallback")
+
+
+def reject_retired_search_settings(argv: list[str]) -> None:
+    """One line naming the new setting for the old way of setting the search, instead of
+    jsonargparse's page about a callback list: a ``--trainer.callbacks...evolution.<field>``
+    flag, or a config (an older run's config.yaml) that lists the search's callbacks."""
+    configs = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    configs += [b for a, b in zip(argv, argv[1:]) if a == "--config"]
+    for arg in argv:
+        found = _RETIRED_FLAG.match(arg)
+        if found:
+            raise SettingsError(f"{arg.split('=', 1)[0]} is now --search.{found.group(1)}")
+    for path in configs:
+        try:
+            config = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError):
+            continue  # not readable here: jsonargparse reports it
+        trainer = config.get("trainer") if isinstance(config, dict) else None
+        callbacks = trainer.get("callbacks") if isinstance(trainer, dict) else None
+        for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+            if isinstance(callback, dict) and callback.get("class_path") in _RETIRED_CALLBACKS:
+                raise SettingsError(
+                    f"{path}: the search is no longer set in trainer.callbacks: move "
+                    "EvolutionCallback's init_args (its evolution settings and seed) to a top-level "
+                    "search: section and drop both search callbacks (see configs/search_quick.yaml)"
+                )
 
 
 # -- --ckpt_path ---------------------------------------------------------------------------

@@ -9,21 +9,23 @@ any score function, and lets the callback decide where and when scores are compu
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Literal, Optional
 
-from lightning_metanas.errors import SettingsError
+from lightning_metanas.errors import SettingsError, require_int
 from lightning_metanas.predictor import PerformancePredictor, PredictorConfig
 from lightning_metanas.search_space import Architecture, SearchSpace
 
 
 class EvolutionSettingsError(SettingsError):
-    """An evolution setting that cannot work, named with the allowed values."""
+    """A search setting that cannot work, named as its flag (``search.<field>``) with the
+    allowed values."""
 
 
 @dataclass
 class EvolutionConfig:
-    """Settings of the evolutionary search.
+    """Settings of the evolutionary search: each field is the flag ``--search.<field>`` of
+    train.py (and a key of its config's ``search:`` section).
 
     Args:
         population_size: architectures alive at once (the meta-train step samples them).
@@ -55,6 +57,7 @@ class EvolutionConfig:
             predictor) or ``random`` (fresh uniform samples, no predictor: the random-search
             baseline with the same scoring, selection and budget).
         predictor: the performance predictor's settings.
+        seed: seed of the search's own random choices (the same on every DDP rank).
     """
 
     population_size: int = 10
@@ -73,6 +76,7 @@ class EvolutionConfig:
     generations: Optional[int] = None
     strategy: Literal["evolution", "random"] = "evolution"
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.predictor, dict):  # from a checkpoint: skip settings since retired
@@ -81,10 +85,12 @@ class EvolutionConfig:
 
         def need(ok: bool, message: str) -> None:
             if not ok:
-                raise EvolutionSettingsError(f"evolution.{message}")
+                raise EvolutionSettingsError(f"search.{message}")
 
-        need(self.population_size >= 2, f"population_size must be >= 2, got {self.population_size}")
-        need(self.offspring >= 1, f"offspring must be >= 1, got {self.offspring}")
+        minimums = {"population_size": 2, "offspring": 1, "tasks_per_score": 1, "generations_per_epoch": 1,
+                    "warmup_epochs": 0}
+        for name, minimum in minimums.items():
+            require_int(f"search.{name}", getattr(self, name), minimum, EvolutionSettingsError)
         need(
             self.pool_size >= self.offspring,
             f"pool_size ({self.pool_size}) must be >= offspring ({self.offspring})",
@@ -101,15 +107,9 @@ class EvolutionConfig:
         for name in ("crossover_prob", "mutation_prob", "uniform_share"):
             value = getattr(self, name)
             need(0.0 <= value <= 1.0, f"{name} must be in [0, 1], got {value}")
-        need(self.tasks_per_score >= 1, f"tasks_per_score must be >= 1, got {self.tasks_per_score}")
         need(
             self.score_queries is None or self.score_queries >= 1,
             f"score_queries must be >= 1 or null (the data's queries), got {self.score_queries}",
-        )
-        need(self.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        need(
-            self.generations_per_epoch >= 1,
-            f"generations_per_epoch must be >= 1, got {self.generations_per_epoch}",
         )
         need(
             self.generations is None or self.generations >= 1,
@@ -130,8 +130,9 @@ class Member:
 
 
 @dataclass
-class GenerationReport:
-    """What one generation did, for logging and for the search history."""
+class GenerationRecord:
+    """What one generation did: ``accept`` returns it, the search keeps it in ``history``, and
+    the callbacks log it and save it (``search_history.json``) as it is."""
 
     generation: int
     best_arch: Architecture
@@ -139,22 +140,32 @@ class GenerationReport:
     mean_score: float
     diversity: float
     real_scorings: int
-    predictor_used: bool
-    predictor_tau: Optional[float]
-    new: list[Member]
+    predictor_used: bool  # the predictor was trusted when this generation's offspring were proposed
+    predictor_tau: Optional[float]  # its rank quality after this generation's refit
+
+    def to_dict(self) -> dict:
+        """Plain JSON (and checkpoint) form; ``from_dict`` reads it back."""
+        return {f.name: getattr(self, f.name) for f in fields(self)} | {"best_arch": self.best_arch.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "GenerationRecord":
+        # predictor_used: absent from the histories of checkpoints written before it was recorded
+        return cls(**{**data, "best_arch": Architecture.from_dict(data["best_arch"]),
+                      "predictor_used": data.get("predictor_used", False)})
 
 
 class EvolutionarySearch:
     """Population, archive and predictor, with the moves of one generation."""
 
-    def __init__(self, space: SearchSpace, config: EvolutionConfig, seed: int = 0) -> None:
+    def __init__(self, space: SearchSpace, config: EvolutionConfig, seed: Optional[int] = None) -> None:
         self.space, self.config = space, config
+        seed = config.seed if seed is None else seed
         self.rng = random.Random(seed)
         self.population: list[Member] = []  # oldest first
         self.archive: dict[Architecture, float] = {}  # every architecture scored, latest score
         self.predicted: dict[Architecture, float] = {}
         self.generation = 0
-        self.history: list[dict] = []
+        self.history: list[GenerationRecord] = []
         self.predictor = PerformancePredictor(space, config.predictor, seed=seed)
         self.predictor_tau: Optional[float] = None
 
@@ -231,9 +242,11 @@ class EvolutionarySearch:
         return survivors + [a for a in proposals if a not in survivors]
 
     # -- selection -----------------------------------------------------------------------
-    def accept(self, scored: dict[Architecture, float]) -> GenerationReport:
+    def accept(self, scored: dict[Architecture, float], real_scorings: Optional[int] = None) -> GenerationRecord:
         """Record the scores of one generation, select the survivors, retrain the predictor
-        when due, and report."""
+        when due; returns the generation's record (also appended to ``history``).
+        ``real_scorings``: how many of ``scored`` were scored for real (default: all), since a
+        caller may keep a score measured under the same weights by an earlier generation."""
         for arch, score in scored.items():
             self.archive[arch] = float(score)
         for member in self.population:
@@ -259,30 +272,19 @@ class EvolutionarySearch:
             self.predictor_tau = self.predictor.fit(list(self.archive), list(self.archive.values()))
         best = self.best()
         scores = [m.score for m in self.population]
-        report = GenerationReport(
+        record = GenerationRecord(
             generation=self.generation,
             best_arch=best.arch,
             best_score=best.score,
             mean_score=sum(scores) / len(scores),
             diversity=self.diversity(),
-            real_scorings=len(scored),
+            real_scorings=len(scored) if real_scorings is None else real_scorings,
             predictor_used=predictor_used,
             predictor_tau=self.predictor_tau,
-            new=new,
         )
-        self.history.append(
-            {
-                "generation": report.generation,
-                "best_arch": best.arch.to_dict(),
-                "best_score": report.best_score,
-                "mean_score": report.mean_score,
-                "diversity": report.diversity,
-                "real_scorings": report.real_scorings,
-                "predictor_tau": report.predictor_tau,
-            }
-        )
+        self.history.append(record)
         self.generation += 1
-        return report
+        return record
 
     def best(self) -> Member:
         return max(self.population, key=lambda m: m.score)
@@ -315,7 +317,7 @@ class EvolutionarySearch:
             ],
             "archive": [[a.to_dict(), s] for a, s in self.archive.items()],
             "predicted": [[a.to_dict(), s] for a, s in self.predicted.items()],
-            "history": self.history,
+            "history": [record.to_dict() for record in self.history],
             "predictor": self.predictor.state_dict(),
             "predictor_tau": self.predictor_tau,
         }
@@ -330,6 +332,6 @@ class EvolutionarySearch:
         ]
         self.archive = {Architecture.from_dict(a): s for a, s in state["archive"]}
         self.predicted = {Architecture.from_dict(a): s for a, s in state["predicted"]}
-        self.history = list(state["history"])
+        self.history = [GenerationRecord.from_dict(record) for record in state["history"]]
         self.predictor.load_state_dict(state["predictor"])
         self.predictor_tau = state["predictor_tau"]

@@ -1,10 +1,12 @@
-"""Few-shot accuracy the way papers report it: mean over tasks with a 95% confidence interval."""
+"""The statistics the project reports: few-shot accuracy the way papers report it (mean over
+tasks with a 95% confidence interval), and the predictor's rank quality (Kendall's tau)."""
 from __future__ import annotations
 
-import math
+from typing import Optional, Sequence
 
 import torch
 from torchmetrics import Metric
+from torchmetrics.functional.regression import kendall_rank_corrcoef
 
 
 class TaskAccuracy(Metric):
@@ -36,11 +38,17 @@ class TaskAccuracy(Metric):
         return {"acc": mean.float(), "acc_ci95": ci95.float(), "tasks": self.count.float()}
 
 
-def mean_ci95(values: list[float]) -> tuple[float, float]:
-    """The same statistic for a plain list (used where no Metric object is around)."""
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan
-    mean = sum(values) / n
-    var = sum((v - mean) ** 2 for v in values) / max(n - 1, 1)
-    return mean, 1.96 * math.sqrt(var / n)
+def kendall_tau(predicted: Sequence[float] | torch.Tensor, measured: Sequence[float] | torch.Tensor) -> Optional[float]:
+    """Kendall's rank correlation (tau-b, torchmetrics') of paired values: the rank quality the
+    performance predictor is trusted by, the figure the plots and the report show, and the
+    SuperNet's agreement with stand-alone training (``ranking.py``). None with fewer than two
+    pairs; 0.0 when one side is constant (no rank information). Tensors are taken as they
+    are (the predictor's float32), numbers in float64 (so that no two values merge)."""
+    if len(predicted) < 2:
+        return None
+    tau = float(kendall_rank_corrcoef(_values(predicted), _values(measured)))
+    return tau if tau == tau else 0.0
+
+
+def _values(values: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    return values if isinstance(values, torch.Tensor) else torch.tensor([float(v) for v in values], dtype=torch.float64)

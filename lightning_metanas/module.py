@@ -87,6 +87,9 @@ class MetaNASModule(pl.LightningModule):
         self.val_accuracy = TaskAccuracy()
         self.test_accuracy = TaskAccuracy()
         self.last_result: dict[str, dict[str, float]] = {}  # split -> acc, acc_ci95, tasks
+        # What the last training step adapted, one per task: callbacks/guards.py names them
+        # when that step's meta-loss or meta-gradient is not finite.
+        self.last_step_archs: list[Architecture] = []
 
     # -- architectures -------------------------------------------------------------------
     def load_architecture(self, spec: str) -> Architecture:
@@ -123,7 +126,7 @@ class MetaNASModule(pl.LightningModule):
         support_x, support_y, query_x, query_y = batch
         batch_size = support_x.shape[0]
         rng = self.step_rng()
-        archs = self.sampler.sample_batch(rng, batch_size)
+        archs = self.last_step_archs = self.sampler.sample_batch(rng, batch_size)
         result = self.adapter.meta_batch_gradient(
             archs,
             batch,

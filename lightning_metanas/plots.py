@@ -6,7 +6,8 @@ pictures can be drawn during a run (by ``callbacks.tracking.SearchTrackingCallba
 finished run directory (by ``lightning_metanas.report``), or in a test.
 
 A *row* is a dict with at least ``arch`` ({"ops": [...], "widths": [...]}) and ``score``, and
-optionally ``predicted`` (the predictor's estimate, or None), ``params`` and ``flops``.
+optionally ``predicted`` (the predictor's estimate, or None), ``params`` and ``flops``: a row
+of ``scored.json`` (``search_files.py``).
 
 Figures are built with ``matplotlib.figure.Figure`` and the Agg canvas directly, never pyplot:
 nothing global (backend, current figure) changes, and nothing needs a display.
@@ -21,6 +22,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 from matplotlib.ticker import MaxNLocator
+
+from lightning_metanas.metrics import kendall_tau
+from lightning_metanas.search_space import Architecture
 
 # File names, shared by the tracking callback and the report.
 SEARCH_CURVE = "search_curve.png"
@@ -58,12 +62,15 @@ def _empty(ax, message: str) -> None:
     ax.set_yticks([])
 
 
-def arch_label(arch: Mapping[str, Sequence]) -> str:
-    """``conv3x3@32-skip@64``: the same string as ``str(Architecture)``."""
-    return "-".join(f"{op}@{w}" for op, w in zip(arch["ops"], arch["widths"]))
+def input_shape(image_size: Optional[int], channels: Optional[int] = None) -> Optional[str]:
+    """How the architecture drawing labels its input: ``1x28x28`` (``28x28`` when the channel
+    count is unknown; None when the size is)."""
+    if not image_size:
+        return None
+    return f"{channels}x{image_size}x{image_size}" if channels else f"{image_size}x{image_size}"
 
 
-# -- small computations (also used by the report) -----------------------------------------
+# -- small computations (also used by the report and the tracking) --------------------------
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     """Indices of the points (size, score) that no other point beats: none is at most as
     large and strictly better, or strictly smaller and at least as good. Smaller size and
@@ -76,22 +83,6 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
             front.append(i)
             best = points[i][1]
     return front
-
-
-def kendall_tau(xs: Sequence[float], ys: Sequence[float]) -> Optional[float]:
-    """Kendall's tau-a of two paired sequences (None with fewer than two pairs)."""
-    n = len(xs)
-    if n < 2:
-        return None
-    concordant = discordant = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            s = (xs[i] - xs[j]) * (ys[i] - ys[j])
-            if s > 0:
-                concordant += 1
-            elif s < 0:
-                discordant += 1
-    return (concordant - discordant) / (n * (n - 1) / 2)
 
 
 def predicted_pairs(rows: Iterable[Mapping[str, Any]]) -> list[tuple[float, float]]:
@@ -188,9 +179,8 @@ def plot_accuracy_vs_size(
     ax.scatter(*zip(*front), s=60, facecolor="none", edgecolor="#C44E52", linewidth=1.5,
                label=f"Pareto front ({len(front)})")
     if best is not None:
-        key = (list(best["ops"]), list(best["widths"]))
         for r, p in zip(rows, points):
-            if (list(r["arch"]["ops"]), list(r["arch"]["widths"])) == key:
+            if Architecture.of(r["arch"]) == Architecture.of(best):
                 ax.scatter([p[0]], [p[1]], marker="*", s=220, color="#FFB000", edgecolor="black",
                            linewidth=0.6, zorder=5, label="best")
                 break
@@ -309,11 +299,7 @@ def write_search_plots(
             rows, directory / ACCURACY_VS_SIZE.format(size=size), size=size, best=best
         )
     if best is not None:
-        score = next(
-            (r["score"] for r in rows
-             if list(r["arch"]["ops"]) == list(best["ops"]) and list(r["arch"]["widths"]) == list(best["widths"])),
-            None,
-        )
+        score = next((r["score"] for r in rows if Architecture.of(r["arch"]) == Architecture.of(best)), None)
         title = "Best architecture" + (f" (score {score:.3f})" if score is not None else "")
         out["best_arch"] = plot_architecture(best, directory / BEST_ARCH, title=title, ways=ways,
                                              input_shape=input_shape)

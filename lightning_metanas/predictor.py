@@ -12,9 +12,9 @@ from typing import Optional
 
 import torch
 from torch import nn
-from torchmetrics.functional.regression import kendall_rank_corrcoef
 
-from lightning_metanas.errors import SettingsError
+from lightning_metanas.errors import require_int
+from lightning_metanas.metrics import kendall_tau
 from lightning_metanas.search_space import Architecture, SearchSpace
 
 
@@ -37,14 +37,8 @@ class PredictorConfig:
     folds: int = 4
 
     def __post_init__(self) -> None:
-        if self.min_archive < 4:
-            raise SettingsError(f"evolution.predictor.min_archive must be >= 4, got {self.min_archive}")
-        if self.retrain_every < 1:
-            raise SettingsError(
-                f"evolution.predictor.retrain_every must be >= 1, got {self.retrain_every}"
-            )
-        if self.folds < 2:
-            raise SettingsError(f"evolution.predictor.folds must be >= 2, got {self.folds}")
+        for name, minimum in (("min_archive", 4), ("retrain_every", 1), ("folds", 2)):
+            require_int(f"search.predictor.{name}", getattr(self, name), minimum)
 
 
 class PerformancePredictor:
@@ -109,8 +103,7 @@ class PerformancePredictor:
             kept = order[~torch.isin(order, held)]
             with torch.no_grad():
                 out_of_fold[held] = self._train(x[kept], y[kept])(x[held]).squeeze(-1)
-        tau = float(kendall_rank_corrcoef(out_of_fold, y))
-        self.tau = tau if tau == tau else 0.0  # NaN (all-equal scores) -> no rank information
+        self.tau = kendall_tau(out_of_fold, y)
         self.model = self._train(x, y)
         self.mean, self.std, self.trained_on = mean, std, len(archs)
         return self.tau

@@ -1,22 +1,19 @@
 """How well one ordering of architectures agrees with another: the statistics by which weight-
 sharing NAS papers (SPOS, FairNAS, the NAS-Bench studies) judge a SuperNet against stand-alone
-training, computed with torchmetrics so that every tau in the project is the same statistic."""
+training, computed with torchmetrics; the tau is ``metrics.kendall_tau``, the one every part of
+the project reports."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
-from torchmetrics.functional.regression import kendall_rank_corrcoef, spearman_corrcoef
+from torchmetrics.functional.regression import spearman_corrcoef
+
+from lightning_metanas.metrics import kendall_tau
 
 
 def _tensor(values: Sequence[float]) -> torch.Tensor:
     return torch.tensor([float(v) for v in values], dtype=torch.float64)
-
-
-def kendall_tau(scores: Sequence[float], truth: Sequence[float]) -> float:
-    """Kendall's tau-b (ties allowed); 0 where either side has no order at all."""
-    tau = float(kendall_rank_corrcoef(_tensor(scores), _tensor(truth)))
-    return tau if tau == tau else 0.0
 
 
 def rank_agreement(scores: Sequence[float], truth: Sequence[float], top: int = 5) -> dict:

@@ -75,6 +75,13 @@ class Architecture:
         return cls(tuple(ops), tuple(widths))
 
     @classmethod
+    def of(cls, value: "Architecture | dict") -> "Architecture":
+        """``value`` itself, or the architecture its JSON form (``to_dict``) describes: every
+        label (``str``) and comparison (``==``) of architectures read from files goes through
+        here."""
+        return value if isinstance(value, cls) else cls.from_dict(dict(value))
+
+    @classmethod
     def from_json(cls, text: str) -> "Architecture":
         try:
             data = json.loads(text)

@@ -1,0 +1,1 @@
+"""The pytest suite (CPU); tests/conftest.py sets it to one torch thread."""

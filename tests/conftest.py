@@ -1,3 +1,5 @@
+"""Settings every test shares: one torch thread, in the test process and in the train.py
+processes tests start."""
 import os
 
 import torch

@@ -1,11 +1,12 @@
 """The evolutionary search and the predictor as plain Python, with a known score function."""
+import json
 import random
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from lightning_metanas.evolution import EvolutionarySearch, EvolutionConfig, EvolutionSettingsError
+from lightning_metanas.evolution import EvolutionarySearch, EvolutionConfig, EvolutionSettingsError, GenerationRecord
 from lightning_metanas.predictor import PerformancePredictor, PredictorConfig
 from lightning_metanas.samplers import PopulationSampler
 from lightning_metanas.search_space import SearchSpace
@@ -20,7 +21,7 @@ def toy_score(arch):
     return 0.5 * ops + 0.3 * widths + 0.2 * (arch.depth == 5)
 
 
-def run(config, generations, seed=0, score=toy_score):
+def run(config, generations, seed=None, score=toy_score):
     search = EvolutionarySearch(SPACE, config, seed=seed)
     for _ in range(generations):
         archs = search.to_score(search.propose())
@@ -83,10 +84,51 @@ def test_population_size_and_selection_rules():
 
 def test_history_and_archive_are_deduplicated_and_complete():
     search = run(EvolutionConfig(population_size=6, offspring=3, pool_size=9), 6)
-    assert [h["generation"] for h in search.history] == list(range(6))
+    assert [h.generation for h in search.history] == list(range(6))
     assert len(set(search.archive)) == len(search.archive)
-    best = [h["best_score"] for h in search.history]
+    best = [h.best_score for h in search.history]
     assert best[-1] == search.best().score
+
+
+def test_accept_returns_the_record_that_history_keeps_logs_and_saves(tmp_path):
+    config = EvolutionConfig(population_size=6, offspring=3, pool_size=9, seed=4,
+                             predictor=PredictorConfig(min_archive=6, min_tau=-1.0, epochs=20))
+    search = EvolutionarySearch(SPACE, config)
+    for _ in range(4):
+        archs = search.to_score(search.propose())
+        ready = search.predictor.ready
+        record = search.accept({a: toy_score(a) for a in archs})
+        assert record is search.history[-1] and record.generation == search.generation - 1
+        assert (record.best_arch, record.best_score) == (search.best().arch, search.best().score)
+        assert record.real_scorings == len(archs) and record.predictor_used is ready
+        assert record.predictor_tau == search.predictor_tau
+    # trusted from the first refit on (min_tau=-1): proposed with the predictor from generation 1
+    assert [r.predictor_used for r in search.history] == [False, True, True, True]
+    # the checkpoint's form (weights_only) and the JSON form give the same records back
+    torch.save(search.state_dict(), tmp_path / "state.pt")
+    restored = EvolutionarySearch(SPACE, config)
+    restored.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert restored.history == search.history
+    saved = json.loads(json.dumps([r.to_dict() for r in search.history]))
+    assert [GenerationRecord.from_dict(r) for r in saved] == search.history
+    assert saved[0]["best_arch"] == search.history[0].best_arch.to_dict()
+    older = {k: v for k, v in saved[1].items() if k != "predictor_used"}  # a history from before
+    assert GenerationRecord.from_dict(older).predictor_used is False
+    # the config's seed is the search's seed
+    assert run(EvolutionConfig(population_size=6, offspring=3, pool_size=9, seed=4), 2).archive == \
+        run(EvolutionConfig(population_size=6, offspring=3, pool_size=9), 2, seed=4).archive
+
+
+def test_accept_counts_the_real_scorings_it_is_told():
+    """The callback keeps scores measured under the same weights (callbacks/evolution.py) and
+    tells accept how many were new: the one record then says so."""
+    search = EvolutionarySearch(SPACE, EvolutionConfig(population_size=4, offspring=2, pool_size=4, tournament_size=2))
+    first = search.accept({a: toy_score(a) for a in search.to_score(search.propose())})
+    assert first.real_scorings == 4
+    archs = search.to_score(search.propose())
+    assert len(archs) == 6  # 4 survivors re-scored + 2 offspring
+    second = search.accept({a: toy_score(a) for a in archs}, real_scorings=2)
+    assert second.real_scorings == 2 and search.history == [first, second]
 
 
 def test_predictor_learns_the_ranking_and_screens_offspring():
@@ -141,13 +183,13 @@ def test_population_sampler_mixes_uniform_samples():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"population_size": 1}, "evolution.population_size must be >= 2"),
-        ({"offspring": 8, "pool_size": 4}, r"evolution.pool_size \(4\) must be >= offspring \(8\)"),
-        ({"selection": "roulette"}, "evolution.selection must be one of"),
+        ({"population_size": 1}, "search.population_size must be an integer >= 2, got 1"),
+        ({"offspring": 8, "pool_size": 4}, r"search.pool_size \(4\) must be >= offspring \(8\)"),
+        ({"selection": "roulette"}, "search.selection must be one of"),
         ({"population_size": 4, "tournament_size": 5}, "tournament_size must be between 2 and"),
         ({"uniform_share": 1.5}, r"uniform_share must be in \[0, 1\]"),
-        ({"generations": 0}, r"evolution.generations must be >= 1 or null"),
-        ({"strategy": "grid"}, r"evolution.strategy must be one of \['evolution', 'random'\]"),
+        ({"generations": 0}, r"search.generations must be >= 1 or null"),
+        ({"strategy": "grid"}, r"search.strategy must be one of \['evolution', 'random'\]"),
     ],
 )
 def test_bad_evolution_settings_name_the_setting(kwargs, message):
@@ -163,7 +205,7 @@ def test_callback_meta_trains_the_best_architecture_alone_once_the_search_is_ove
     space = SearchSpace(widths=(8, 16), depths=(2, 3))
     module = MetaNASModule(ways=3, search_space=space)
     callback = EvolutionCallback(EvolutionConfig(population_size=4, offspring=2, pool_size=2, generations=2))
-    callback.search = EvolutionarySearch(space, callback.config, seed=0)
+    callback.search = EvolutionarySearch(space, callback.config)
     search = callback.search
     search.accept({a: toy_score(a) for a in search.to_score(search.propose())})
     callback._install_sampler(module)

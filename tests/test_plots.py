@@ -37,10 +37,26 @@ def test_pareto_front_keeps_only_undominated_points():
     assert plots.pareto_front([]) == []
 
 
-def test_kendall_tau():
-    assert plots.kendall_tau([1, 2, 3], [10, 20, 30]) == 1.0
-    assert plots.kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
-    assert plots.kendall_tau([1], [1]) is None
+def test_kendall_tau_is_the_predictors_statistic():
+    """The plots, the report and the predictor's trust all use metrics.kendall_tau
+    (torchmetrics' tau-b): with ties it is not tau-a."""
+    import torch
+    from torchmetrics.functional.regression import kendall_rank_corrcoef
+
+    from lightning_metanas.metrics import kendall_tau
+
+    assert kendall_tau([1, 2, 3], [10, 20, 30]) == 1.0
+    assert kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
+    assert kendall_tau([1], [1]) is None
+    assert kendall_tau([1, 2, 3], [5, 5, 5]) == 0.0  # one side constant: no rank information
+    xs, ys = [0.1, 0.2, 0.2, 0.5, 0.4], [0.3, 0.1, 0.2, 0.6, 0.6]
+    assert kendall_tau(xs, ys) == float(kendall_rank_corrcoef(torch.tensor(xs), torch.tensor(ys)))
+    assert kendall_tau(xs, ys) == pytest.approx(4 / 9, abs=1e-6)  # tau-b: (6 - 2) / sqrt(9 * 9); tau-a: 0.4
+
+
+def test_input_shape_label():
+    assert plots.input_shape(28, 1) == "1x28x28" and plots.input_shape(14) == "14x14"
+    assert plots.input_shape(None, 3) is None
 
 
 def test_every_search_plot_is_written(tmp_path):
@@ -80,4 +96,5 @@ def test_plots_do_not_touch_pyplot_state():
     backend = matplotlib.get_backend()
     assert "matplotlib.pyplot" not in plots.__dict__
     assert matplotlib.get_backend() == backend
-    assert np.isfinite(plots.kendall_tau([1, 2], [2, 1]))
+    plots.plot_predicted_vs_measured(ROWS, "/dev/null")  # draws without pyplot
+    assert matplotlib.get_backend() == backend

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from lightning_metanas.ranking import kendall_tau, rank_agreement
+from lightning_metanas.metrics import kendall_tau
+from lightning_metanas.ranking import rank_agreement
 from lightning_metanas.search_space import Architecture
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -128,14 +128,14 @@ BAD_SETTINGS = [
     ("inner_steps_zero", ["--model.meta.inner_steps=0"], ["model.meta.inner_steps must be an integer >= 1"]),
     ("eval_inner_steps_negative", ["--model.meta.eval_inner_steps=-1"],
      ["model.meta.eval_inner_steps must be an integer >= 1"]),
-    ("train_batches_zero", ["--data.train_batches=0"], ["data.train_batches must be a positive integer"]),
-    ("population_too_small", [*SEARCH, "--trainer.callbacks.init_args.evolution.population_size=1"],
-     ["evolution.population_size must be >= 2, got 1"]),
+    ("train_batches_zero", ["--data.train_batches=0"], ["data.train_batches must be an integer >= 1, got 0"]),
+    ("population_too_small", [*SEARCH, "--search.population_size=1"],
+     ["search.population_size must be an integer >= 2, got 1"]),
     ("tournament_larger_than_population",
-     [*SEARCH, "--trainer.callbacks.init_args.evolution.tournament_size=5"],
-     ["evolution.tournament_size must be between 2 and population_size (4), got 5"]),
-    ("pool_smaller_than_offspring", [*SEARCH, "--trainer.callbacks.init_args.evolution.pool_size=1"],
-     ["evolution.pool_size (1) must be >= offspring (2)"]),
+     [*SEARCH, "--search.tournament_size=5"],
+     ["search.tournament_size must be between 2 and population_size (4), got 5"]),
+    ("pool_smaller_than_offspring", [*SEARCH, "--search.pool_size=1"],
+     ["search.pool_size (1) must be >= offspring (2)"]),
     ("data_root_missing", ["--data.dataset=omniglot", "--data.root=/no/such/dir"],
      ["Omniglot directory not found: /no/such/dir", "--data.root"]),
     ("ckpt_path_missing", ["--ckpt_path=/no/such/last.ckpt"],
@@ -152,11 +152,11 @@ def test_bad_setting_fails_up_front_with_one_line(tmp_path, capsys, args, needle
 
 
 def test_bad_setting_through_the_real_command_line(tmp_path):
-    """The same, as a user runs it: the setting is deep in a callback's nested dataclass,
-    where jsonargparse wraps the error; still one line, status 1, no traceback."""
-    args = [*SEARCH, "--trainer.callbacks.init_args.evolution.population_size=1"]
+    """The same, as a user runs it: the setting is in the search's nested dataclass, where
+    jsonargparse wraps the error; still one line, status 1, no traceback."""
+    args = [*SEARCH, "--search.population_size=1"]
     proc = run("train.py", *SYNTHETIC, *logs(tmp_path, "bad"), *args, check=False)
-    one_line_error(proc, "evolution.population_size must be >= 2, got 1")
+    one_line_error(proc, "search.population_size must be an integer >= 2, got 1")
     assert proc.returncode == 1
     no_run_started(tmp_path)
 
@@ -282,9 +282,10 @@ class PoisonBatch(Callback):
             return
         batch[0].fill_(float("nan"))
         self.before = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
-        last = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
         self.report["global_step"] = trainer.global_step
-        self.report["last_ckpt_sha256"] = sha256(last) if last.exists() else None
+        if trainer.checkpoint_callback is not None:
+            last = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
+            self.report["last_ckpt_sha256"] = sha256(last) if last.exists() else None
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         after = pl_module.state_dict()
@@ -305,7 +306,7 @@ def test_nan_meta_loss_stops_before_the_step_and_keeps_last_checkpoint(tmp_path)
     ckpt_dir = tmp_path / "nan" / "version_0" / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     one_line_error(proc, "the meta-loss is not finite (nan) at global step 4 (epoch 1, batch 1)",
-                   "architectures of that step: ", "the optimiser step was not taken",
+                   f"architectures of that step: {_architectures_of_step(4)}; the optimiser step was not taken",
                    f"last good checkpoint: {last}")
     assert proc.returncode == 1
     report = json.loads(out.read_text())
@@ -332,23 +333,64 @@ def _fake_trainer(**kwargs):
                            fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_idx=1)), **kwargs)
 
 
-def test_guard_checks_gradients_and_refuses_non_finite_checkpoints():
+def _architectures_of_step(step: int, tasks: int = 4, seed: int = 0) -> str:
+    """What the guard must name for a step of a synthetic run (uniform sampling over the
+    SYNTHETIC space, rank 0): drawn here the way MetaNASModule.step_rng documents it, each
+    distinct one once with its count."""
+    import random
+
+    from lightning_metanas.search_space import SearchSpace
+
+    rng = random.Random(f"{seed}/0/{step}")
+    archs = [str(SearchSpace(widths=(8, 16), depths=(2, 3)).sample(rng)) for _ in range(tasks)]
+    return ", ".join(f"{a} (x{archs.count(a)})" if archs.count(a) > 1 else a for a in dict.fromkeys(archs))
+
+
+class InfiniteGradient(Callback):
+    """Test-only: after the backward of the first step, one gradient entry becomes inf (the
+    meta-loss stays finite)."""
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        next(p for p in pl_module.parameters() if p.grad is not None).grad.view(-1)[0] = float("inf")
+
+
+@pytest.mark.parametrize("fault", ["nan_images", "inf_gradient"])
+def test_guard_names_the_architectures_of_a_real_step(tmp_path, fault):
+    """A real training step of MetaNASModule with a NaN batch (or an infinite gradient): the
+    guard stops before the optimiser step and names the step's architectures, as the module
+    recorded them."""
+    import pytorch_lightning as pl
+
+    from callbacks.guards import FiniteLossGuard, NonFiniteLossError
+    from lightning_metanas.data import EpisodicDataModule
+    from lightning_metanas.module import MetaNASModule
+    from lightning_metanas.search_space import SearchSpace
+
+    data = EpisodicDataModule(dataset="synthetic", image_size=14, ways=3, queries=2, meta_batch_size=4,
+                              train_batches=3, val_tasks=6, test_tasks=6, eval_batch_size=3)
+    model = MetaNASModule(ways=3, image_size=14, search_space=SearchSpace(widths=(8, 16), depths=(2, 3)))
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    injected = [PoisonBatch(epoch=0, batch=1, out=str(tmp_path / "poison.json"))] if fault == "nan_images" else [InfiniteGradient()]
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, inference_mode=False, limit_val_batches=0,
+                         callbacks=[FiniteLossGuard(), *injected], default_root_dir=tmp_path)
+    with pytest.raises(NonFiniteLossError) as err:
+        trainer.fit(model, datamodule=data)
+    step = 1 if fault == "nan_images" else 0
+    message = str(err.value)
+    what = "the meta-loss is not finite (nan)" if fault == "nan_images" else "the meta-gradient is not finite (parameters: "
+    assert message.startswith(what), message
+    assert f"at global step {step} (epoch 0, batch {step}); architectures of that step: " \
+        f"{_architectures_of_step(step)}; the optimiser step was not taken" in message
+    assert err.value.step == step and [str(a) for a in err.value.architectures] == [str(a) for a in model.last_step_archs]
+    if fault == "inf_gradient":  # nothing was stepped: the weights are the initial ones
+        assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+
+
+def test_guard_refuses_non_finite_checkpoints():
     from callbacks.guards import FiniteLossGuard, NonFiniteLossError
 
-    guard, trainer = FiniteLossGuard(), _fake_trainer()
-    module = torch.nn.Linear(2, 1)
-    module.last_step_archs = ["conv3x3@8-conv3x3@8", "conv3x3@8-conv3x3@8", "conv5x5@16-conv3x3@8"]
-    module.weight.grad = torch.tensor([[1.0, float("inf")]])
-    guard.on_before_backward(trainer, module, torch.tensor(0.5))
-    with pytest.raises(NonFiniteLossError) as err:
-        guard.on_before_optimizer_step(trainer, module, None)
-    message = str(err.value)
-    assert "meta-gradient is not finite (parameters: weight)" in message
-    assert "global step 7 (epoch 2, batch 1)" in message
-    assert "conv3x3@8-conv3x3@8 (x2), conv5x5@16-conv3x3@8" in message
-    module.weight.grad = torch.zeros(1, 2)
-    guard.on_before_backward(trainer, module, torch.tensor(0.5))
-    guard.on_before_optimizer_step(trainer, module, None)  # finite: no error
+    guard, trainer, module = FiniteLossGuard(), _fake_trainer(), torch.nn.Linear(2, 1)
     guard.on_save_checkpoint(trainer, module, {"state_dict": {"w": torch.ones(2)}})
     with pytest.raises(NonFiniteLossError, match=r"refusing to write a checkpoint .* non-finite values in w"):
         guard.on_save_checkpoint(trainer, module, {"state_dict": {"w": torch.tensor([1.0, float("nan")])}})
@@ -475,7 +517,7 @@ def test_killed_search_resumes_with_nothing_lost(tmp_path, uninterrupted, sig):
 
 class TermAtEpochEnd(Callback):
     """Test-only: SIGTERM to its own process at the end of epoch ``epoch``, right after that
-    epoch's search generation (this callback comes after EvolutionCallback) and before the
+    epoch's search generation (the search's callback always stands first) and before the
     checkpoint callbacks (Lightning runs those last)."""
 
     def __init__(self, epoch: int = 2) -> None:

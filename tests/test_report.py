@@ -1,5 +1,5 @@
 """The HTML run report: written from the files of a run folder, self-contained, and rendered by
-headless Chromium (skipped where Chromium is not installed)."""
+headless Chromium (.ci/run installs Debian's chromium; elsewhere the test is skipped without it)."""
 import csv
 import json
 import os
@@ -14,11 +14,12 @@ import pytest
 
 from lightning_metanas import plots
 from lightning_metanas.report import ReportError, write_report
+from lightning_metanas.search_space import Architecture
 
 ROOT = Path(__file__).resolve().parents[1]
 BEST = {"ops": ["conv3x3", "sep_conv3x3", "max_pool3x3"], "widths": [32, 64, 48]}
 ARCHIVE = [
-    {"arch": BEST, "architecture": plots.arch_label(BEST), "score": 0.61, "predicted": 0.58,
+    {"arch": BEST, "architecture": str(Architecture.of(BEST)), "score": 0.61, "predicted": 0.58,
      "params": 9000, "flops": 900000, "in_population": True},
     {"arch": {"ops": ["conv3x3", "skip"], "widths": [32, 32]}, "architecture": "conv3x3@32-skip@32",
      "score": 0.45, "predicted": None, "params": 1200, "flops": 200000, "in_population": True},
@@ -27,18 +28,14 @@ ARCHIVE = [
 ]
 HISTORY = [
     {"generation": g, "best_arch": BEST, "best_score": 0.5 + 0.05 * g, "mean_score": 0.4 + 0.05 * g,
-     "diversity": 0.5, "real_scorings": 4, "predictor_tau": None if g == 0 else 0.3}
+     "diversity": 0.5, "real_scorings": 4, "predictor_used": g > 1, "predictor_tau": None if g == 0 else 0.3}
     for g in range(3)
 ]
 CONFIG = """\
 seed_everything: 0
 trainer:
   max_epochs: 3
-  callbacks:
-  - class_path: callbacks.tracking.SearchTrackingCallback
-  - class_path: callbacks.evolution.EvolutionCallback
-    init_args:
-      evolution: {population_size: 2, offspring: 1, selection: aging, tasks_per_score: 4}
+search: {population_size: 2, offspring: 1, selection: aging, tasks_per_score: 4}
 model:
   meta: {meta_gradient: first_order, inner_steps: 1, eval_inner_steps: 3}
   search_space: {ops: [conv3x3, sep_conv3x3], widths: [32, 64], depths: [2, 3]}
@@ -93,6 +90,46 @@ def test_report_shows_plots_best_architecture_search_and_meta_test(tmp_path):
     assert "http://" not in page and "https://" not in page and "<script" not in page
 
 
+def _rows(page: str, heading: str) -> list[list[tuple[bool, str]]]:
+    """The body rows of the table under ``heading``: (marked numeric, text) per cell."""
+    section = page.split(f"<h2>{heading}", 1)[1].split("</section>", 1)[0]
+    body = section.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    return [[(cls == ' class="num"', text) for cls, text in re.findall(r"<td( class=\"num\")?>(.*?)</td>", row)]
+            for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body)]
+
+
+def test_numbers_are_formatted_and_marked_by_column_not_by_look(tmp_path):
+    page = write_report(make_run(tmp_path)).read_text()
+    history = _rows(page, "Search history")
+    assert len(history) == 3
+    assert history[2] == [(True, "2"), (True, "0.600"), (True, "0.500"), (True, "0.500"), (True, "4"),
+                          (False, "yes"), (True, "0.300"), (False, "<code>conv3x3@32-sep_conv3x3@64-max_pool3x3@48</code>")]
+    assert history[0][6] == (True, "\u2013")  # no tau yet: a dash, still in the numeric column
+    population = _rows(page, "Final population")
+    assert population[0] == [(False, "conv3x3@32-sep_conv3x3@64-max_pool3x3@48"), (True, "0.610"), (True, "0.580"),
+                             (True, "9,000"), (True, "900,000"), (True, "1")]
+    # settings are text, even where a value looks like a number
+    assert all(not numeric for row in _rows(page, "Settings") for numeric, _ in row)
+    assert _rows(page, "Settings")[-1] == [(False, "seed"), (False, "0")]
+
+
+def test_a_meta_tested_architecture_other_than_the_best_is_named(tmp_path):
+    run = make_run(tmp_path)
+    assert "Meta-tested architecture" not in write_report(run).read_text()  # the best one was tested
+    other = {"ops": ["conv3x3", "skip"], "widths": [32, 32]}
+    test = json.loads((run / "test_result.json").read_text()) | {"arch": other}
+    page = write_report(run, test=test).read_text()
+    assert "Meta-tested architecture (from the best checkpoint): <code>conv3x3@32-skip@32</code>" in page
+
+
+def test_what_the_files_hold_is_escaped(tmp_path):
+    run = make_run(tmp_path)
+    (run / "config.yaml").write_text(CONFIG + "# <script>alert('x')</script> & <b>\n")
+    page = write_report(run).read_text()
+    assert "<script" not in page and "<b>" not in page
+    assert "# &lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &lt;b&gt;" in page
+
+
 def test_missing_plots_are_drawn_from_the_json_files(tmp_path):
     run = make_run(tmp_path, with_plots=False, with_test=False)
     page = write_report(run).read_text()
@@ -117,7 +154,8 @@ def test_report_command_line(tmp_path):
         write_report(tmp_path)  # a folder that is not a run
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="headless Chromium (Debian: chromium) not installed")
+@pytest.mark.skipif(shutil.which("chromium") is None and not os.environ.get("REPORT_BROWSER_REQUIRED"),
+                    reason="headless Chromium (Debian: chromium) not installed; .ci/run installs it")
 def test_report_renders_in_headless_chromium(tmp_path):
     run = make_run(tmp_path)
     page = write_report(run)

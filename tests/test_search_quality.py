@@ -36,8 +36,7 @@ def test_scoring_tasks_take_score_queries_and_match_validation_tasks_otherwise()
 def test_warmup_then_search_with_fair_sampling_and_more_queries(tmp_path):
     run("train.py", *SEARCH, *SYNTHETIC, *logs(tmp_path, "warm"), "--trainer.max_epochs=3",
         "--model.sampling=fair",
-        "--trainer.callbacks.init_args.evolution.warmup_epochs=1",
-        "--trainer.callbacks.init_args.evolution.score_queries=3")
+        "--search.warmup_epochs=1", "--search.score_queries=3")
     run_dir = tmp_path / "warm" / "version_0"
     history = json.loads((run_dir / "checkpoints" / "search_history.json").read_text())
     assert [h["generation"] for h in history] == [0, 1]  # no generation after the warm-up epoch
@@ -52,9 +51,9 @@ def test_warmup_then_search_with_fair_sampling_and_more_queries(tmp_path):
 
 def test_score_queries_beyond_the_data_stop_the_run_before_training(tmp_path):
     proc = run("train.py", *SEARCH, *SYNTHETIC, *logs(tmp_path, "bad"), "--trainer.max_epochs=1",
-               "--trainer.callbacks.init_args.evolution.score_queries=500", check=False)
+               "--search.score_queries=500", check=False)
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: evolution.score_queries=500")
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: search.score_queries=500")
     assert not list(tmp_path.glob("bad/version_*/checkpoints/*.ckpt"))
 
 

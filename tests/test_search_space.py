@@ -1,3 +1,6 @@
+"""The search space as plain values: the operation registry, Conv-4 as a point of the space,
+its size, architectures as JSON (round trip, bad files named), validation, the search's moves
+(sample, mutate, crossover) staying in the space, and the predictor's encoding."""
 import json
 import random
 
@@ -25,6 +28,15 @@ def test_size_counts_every_architecture():
     assert space.size() == 4 + 16
     seen = {space.sample(random.Random(i)) for i in range(2000)}
     assert len(seen) == 20
+
+
+def test_label_and_comparison_of_architectures_and_their_json():
+    """One label (str) and one comparison (==) for architectures, also as read from files."""
+    arch = Architecture(("conv3x3", "skip"), (32, 64))
+    assert str(arch) == "conv3x3@32-skip@64"
+    assert Architecture.of(arch) is arch
+    assert Architecture.of({"ops": ["conv3x3", "skip"], "widths": [32, 64]}) == arch
+    assert Architecture.of({"ops": ["conv3x3", "skip"], "widths": [32, 48]}) != arch
 
 
 def test_json_round_trip_and_file(tmp_path):

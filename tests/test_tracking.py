@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lightning_metanas.search_space import Architecture
 from tests.test_train import ROOT, SEARCH, SYNTHETIC
 
 PNGS = ["search_curve.png", "predicted_vs_measured.png", "accuracy_vs_params.png",
@@ -74,7 +75,7 @@ def test_offline_wandb_run_holds_population_curve_scatter_front_and_artifact(tmp
     (tmp_path / "wandb.yaml").write_text(yaml.safe_dump(config))
     args = [*SEARCH, "--config", str(tmp_path / "wandb.yaml"), *SYNTHETIC, "--trainer.max_epochs=3",
             # let the predictor steer from the second generation on, whatever its tau on 6 points
-            "--trainer.callbacks.init_args.evolution.predictor.min_tau=-1"]
+            "--search.predictor.min_tau=-1"]
     train(tmp_path, *args, wandb=True)
 
     (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
@@ -99,10 +100,10 @@ def test_offline_wandb_run_holds_population_curve_scatter_front_and_artifact(tmp
     assert config["_wandb/visualize/search/curve"]["panel_config"]["panelDefId"] == "wandb/lineseries/v0"
     for chart in ("predicted_vs_measured", "front"):
         assert config[f"_wandb/visualize/search/{chart}"]["panel_config"]["panelDefId"] == "wandb/scatter/v0"
-    # the full LightningCLI configuration, callbacks included
+    # the full LightningCLI configuration, the search's settings included
     assert config["trainer"]["max_epochs"] == 3
-    assert [c["class_path"] for c in config["trainer"]["callbacks"]] == [
-        "callbacks.tracking.SearchTrackingCallback", "callbacks.evolution.EvolutionCallback"]
+    assert config["search"]["population_size"] == 4 and config["search"]["predictor"]["min_tau"] == -1
+    assert config["tracking"] == {"plots": True, "wandb_media": True, "log_config": True, "report": True}
     assert config["data"]["dataset"] == "synthetic" and config["model"]["meta"]["meta_gradient"] == "first_order"
 
     run_dir = tmp_path / "metanas" / "version_0"
@@ -115,8 +116,7 @@ def test_offline_wandb_run_holds_population_curve_scatter_front_and_artifact(tmp
     assert entry.path == "best_arch.json"
     assert json.loads(Path(entry.local_path).read_text()) == best  # inside the W&B run folder
     assert run_file.parent in Path(entry.local_path).parents
-    assert json.loads(artifacts[-1].metadata)["architecture"] == "-".join(
-        f"{o}@{w}" for o, w in zip(best["ops"], best["widths"]))
+    assert json.loads(artifacts[-1].metadata)["architecture"] == str(Architecture.of(best))
 
     # the population table's file: the documented columns, one row per member
     files = run_file.parent / "files"
@@ -153,7 +153,7 @@ def test_csv_search_run_writes_pngs_scored_json_report_and_test_result(tmp_path)
     assert sum(h["real_scorings"] for h in history) >= len(scored["archive"]) > 4
     for row in scored["archive"]:
         assert row["params"] > 0 and row["flops"] > 0 and 0 <= row["score"] <= 1
-        assert row["architecture"] == "-".join(f"{o}@{w}" for o, w in zip(row["arch"]["ops"], row["arch"]["widths"]))
+        assert row["architecture"] == str(Architecture.of(row["arch"]))
     assert sum(r["in_population"] for r in scored["archive"]) == 4
     # train.py's meta-test result, read by the report written after meta-testing
     test = json.loads((run_dir / "test_result.json").read_text())
@@ -161,7 +161,7 @@ def test_csv_search_run_writes_pngs_scored_json_report_and_test_result(tmp_path)
     assert test["tasks"] == 6 and test["ways"] == 3 and test["shots"] == 1
     page = (run_dir / "report.html").read_text()
     assert f"{100 * test['acc']:.2f}%" in page
-    assert "-".join(f"{o}@{w}" for o, w in zip(best["ops"], best["widths"])) in page
+    assert str(Architecture.of(best)) in page
     assert "meta-test:" in proc.stdout
 
 

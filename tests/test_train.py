@@ -9,6 +9,8 @@ import pytest
 import torch
 import yaml
 
+from lightning_metanas.search_space import Architecture
+
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = [
     "--data.dataset=synthetic", "--data.image_size=14", "--data.ways=3", "--data.queries=2",
@@ -19,12 +21,12 @@ SYNTHETIC = [
 ]
 SEARCH = [
     "--config", "configs/search_quick.yaml",
-    "--trainer.callbacks.init_args.evolution.population_size=4",
-    "--trainer.callbacks.init_args.evolution.offspring=2",
-    "--trainer.callbacks.init_args.evolution.pool_size=6",
-    "--trainer.callbacks.init_args.evolution.tournament_size=2",
-    "--trainer.callbacks.init_args.evolution.tasks_per_score=4",
-    "--trainer.callbacks.init_args.evolution.predictor.min_archive=6",
+    "--search.population_size=4",
+    "--search.offspring=2",
+    "--search.pool_size=6",
+    "--search.tournament_size=2",
+    "--search.tasks_per_score=4",
+    "--search.predictor.min_archive=6",
 ]
 
 
@@ -52,7 +54,7 @@ def test_fast_dev_run_of_train_py_on_omniglot():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--data.ways=0"], "data.ways must be a positive integer"),
+        (["--data.ways=0"], "data.ways must be an integer >= 1, got 0"),
         (["--data.root=/no/such/dir"], "/no/such/dir"),
         (["--data.shots=10", "--data.queries=15"], "data.shots"),
         (["--model.search_space.ops=[conv3x3,conv9x9]"], "unknown operation(s) ['conv9x9']"),
@@ -94,7 +96,7 @@ def test_search_writes_best_arch_history_and_metrics(tmp_path):
         assert key in header
     out = run("eval.py", "--ckpt_path", str(ckpt_dir / "last.ckpt"), "--arch",
               str(ckpt_dir / "best_arch.json"), "--test_tasks", "6").stdout
-    assert "-".join(f"{o}@{w}" for o, w in zip(best["ops"], best["widths"])) in out
+    assert str(Architecture.of(best)) in out
 
 
 @pytest.mark.slow
@@ -163,6 +165,63 @@ def test_results_commands_parse_with_equal_budgets(setting):
     assert conv4["data"] == search["data"] and conv4["data"]["shots"] == int(setting[-2])
     assert conv4["trainer"]["max_epochs"] == search["trainer"]["max_epochs"]
     assert conv4["model"]["train_arch"] == "reference" and search["model"]["train_arch"] is None
-    evolution = search["trainer"]["callbacks"][-1]["init_args"]["evolution"]
-    assert 1 <= evolution["generations"] < search["trainer"]["max_epochs"]
-    assert evolution["strategy"] == "evolution"
+    assert conv4["search"] is None  # no search section: no search
+    assert 1 <= search["search"]["generations"] < search["trainer"]["max_epochs"]
+    assert search["search"]["strategy"] == "evolution"
+
+
+def _cli(*args):
+    import train
+    from lightning_metanas.cli import build_cli
+
+    return build_cli(list(args), forced_callbacks={"finite_guard": train.FiniteLossGuard,
+                                                   "tracking": train.SearchTrackingCallback},
+                     search_callback=train.EvolutionCallback)
+
+
+@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+def test_search_group_switches_the_search_on_and_stands_first(tmp_path):
+    from callbacks.evolution import EvolutionCallback
+    from callbacks.tracking import SearchTrackingCallback
+    from lightning_metanas.evolution import EvolutionConfig
+
+    plain = _cli(*SYNTHETIC, *logs(tmp_path, "plain"))
+    assert plain.config.search is None
+    assert not [c for c in plain.trainer.callbacks if isinstance(c, EvolutionCallback)]
+    assert [c for c in plain.trainer.callbacks if isinstance(c, SearchTrackingCallback)]  # inert without a search
+
+    probe = ["--trainer.callbacks+=tests.probes.RankStateDump", f"--trainer.callbacks.out_dir={tmp_path}"]
+    flags = _cli(*SYNTHETIC, *logs(tmp_path, "flags"), *probe, "--search.strategy=random", "--search.generations=7")
+    first = flags.trainer.callbacks[0]
+    assert isinstance(first, EvolutionCallback)  # before the user's callbacks, whatever their order
+    assert first.config == EvolutionConfig(strategy="random", generations=7)
+    config = _cli(*SEARCH, *SYNTHETIC, *logs(tmp_path, "config"), "--search.seed=3")
+    assert config.trainer.callbacks[0].config.population_size == 4 and config.trainer.callbacks[0].config.seed == 3
+    off = _cli(*SEARCH, *SYNTHETIC, *logs(tmp_path, "off"), "--search=null")
+    assert not [c for c in off.trainer.callbacks if isinstance(c, EvolutionCallback)]
+
+
+@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+@pytest.mark.parametrize("old, new", [
+    ("--trainer.callbacks.init_args.evolution.population_size=8", "--search.population_size"),
+    ("--trainer.callbacks.evolution.predictor.min_archive=6", "--search.predictor.min_archive"),
+])
+def test_retired_search_flag_names_the_new_one(capsys, old, new):
+    import train
+
+    assert train.cli_main([*SYNTHETIC, old]) == 1
+    assert capsys.readouterr().err == f"error: {old.split('=')[0]} is now {new}\n"
+
+
+@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+def test_retired_search_config_is_refused_with_what_to_move(tmp_path, capsys):
+    import train
+
+    old = tmp_path / "old.yaml"
+    old.write_text("trainer:\n  callbacks:\n  - class_path: callbacks.tracking.SearchTrackingCallback\n"
+                   "  - class_path: callbacks.evolution.EvolutionCallback\n    init_args:\n"
+                   "      evolution: {population_size: 4}\n")
+    assert train.cli_main([*SYNTHETIC, "--config", str(old)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {old}: the search is no longer set in trainer.callbacks") and err.count("\n") == 1
+    assert "top-level search: section" in err

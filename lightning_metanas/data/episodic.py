@@ -33,6 +33,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from lightning_metanas.errors import require_int
+
 from .errors import DataError, DataNotFoundError
 from .images import ImageStore, LabelledImages, Splits, decode_images
 from .registry import DATASETS, DatasetSpec
@@ -379,14 +381,11 @@ class EpisodicDataModule(pl.LightningDataModule):
     def _validate(self) -> None:
         for name in ("ways", "shots", "queries", "meta_batch_size", "train_batches",
                      "val_tasks", "test_tasks", "eval_batch_size", "image_size"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise DataError(f"data.{name} must be a positive integer, got {value!r}")
+            require_int(f"data.{name}", getattr(self, name), 1, DataError)
         for name in ("split_seed", "seed"):
             if not _is_int(getattr(self, name)):
                 raise DataError(f"data.{name} must be an integer, got {getattr(self, name)!r}")
-        if not _is_int(self.num_workers) or self.num_workers < 0:
-            raise DataError(f"data.num_workers must be an integer >= 0, got {self.num_workers!r}")
+        require_int("data.num_workers", self.num_workers, 0, DataError)
         for name in ("rotations", "normalize", "invert"):
             if not isinstance(getattr(self, name), bool):
                 raise DataError(f"data.{name} must be true, false or null, got {getattr(self, name)!r}")

@@ -27,6 +27,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from lightning_metanas.errors import require_int
+
 from .errors import DataError, DataNotFoundError
 from .images import LabelledImages, Listing, PathLike, decode_images, fingerprint_files
 
@@ -37,11 +39,6 @@ LAYOUTS = (
     "with root/{train,val,test}.csv (header filename,label)"
 )
 ROOT_HINT = f"; set --data.root (data.root in a config file) to the folder that holds {LAYOUTS}"
-
-
-def check_positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise DataError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _not_an_image(path: Path, where: str) -> DataError:
@@ -232,7 +229,7 @@ def load_image_folder(
     memory: a task is small). ``channels`` 1 reads grayscale, 3 RGB, ``None`` as the images
     are; ``invert`` stores ``1 - x`` (Omniglot's ink = 1); ``mean``/``std`` normalise per
     channel (a checkpoint's, so the task looks like its meta-training data)."""
-    check_positive_int("image_size", image_size)
+    require_int("image_size", image_size, 1, DataError)
     if channels not in (None, 1, 3):
         raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
     listing = image_folder_listing(root)

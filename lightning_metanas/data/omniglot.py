@@ -22,6 +22,8 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import torch
 
+from lightning_metanas.errors import require_int
+
 from .errors import DataError, DataNotFoundError
 from .images import LabelledImages, Listing, PathLike, decode_images
 
@@ -138,8 +140,7 @@ def load_omniglot(
 ) -> LabelledImages:
     """All Omniglot drawings as ``[N, 1, S, S]`` floats with labels ``0..1622``, decoded once
     into ``root/.cache/`` (``cache=False``: decoded in memory, no cache read or written)."""
-    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 1:
-        raise DataError(f"image_size must be a positive integer, got {image_size!r}")
+    require_int("image_size", image_size, 1, DataError)
     listing = list_omniglot(root)
     cache_dir = Path(root).expanduser() / CACHE_FOLDER if cache else None
     store = decode_images(listing, "omniglot", image_size, channels=1, invert=True, cache_dir=cache_dir)

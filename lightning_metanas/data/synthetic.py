@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lightning_metanas.errors import require_int
+
 from .errors import DataError
 from .omniglot import LabelledImages, proportional_split_sizes, split_class_ids
 
@@ -36,8 +38,7 @@ def make_synthetic(
     """
     for name, value in (("num_classes", num_classes), ("per_class", per_class),
                         ("image_size", image_size), ("channels", channels)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise DataError(f"synthetic {name} must be a positive integer, got {value!r}")
+        require_int(f"synthetic {name}", value, 1, DataError)
     if noise < 0:
         raise DataError(f"synthetic noise must be >= 0, got {noise!r}")
     generator = torch.Generator().manual_seed(seed)
