@@ -69,7 +69,7 @@ def main() -> int:
             picks or "—"]))
     if truth_file is None:
         truth_file = ROOT / "bench/ground_truth/omniglot_5w1s.json"
-    entries = [e for e in json.loads(truth_file.read_text()) if e.get("seed", 0) == 0]
+    entries = [e for e in json.loads(truth_file.read_text()) if e.get("seed", 0) == 0 and e["group"] != "extra"]
     truth = [e["acc"] for e in entries]
     depths = [len(e["arch"]["ops"]) for e in entries]
     for name, proxy in PROXIES.items():
