@@ -362,7 +362,7 @@ def tf32_on():
     from lightning_metanas import precision
 
     saved = precision.tf32_settings()
-    precision._set(("tf32", "tf32", "tf32") if precision._new_api() else (True, True))
+    precision._set(precision.TF32)
     try:
         yield
     finally:

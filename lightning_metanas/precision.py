@@ -55,6 +55,7 @@ def _set(settings: tuple[Any, ...]) -> None:
 
 
 IEEE: tuple[Any, ...] = ("ieee", "ieee", "ieee") if _new_api() else (False, False)
+TF32: tuple[Any, ...] = ("tf32", "tf32", "tf32") if _new_api() else (True, True)  # for measurements
 
 
 @contextmanager

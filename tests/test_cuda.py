@@ -71,8 +71,7 @@ def test_cuda_evaluation_gives_the_cpu_accuracies(vectorize):
 def test_finite_differences_stay_close_to_second_order_with_tf32_on():
     saved = precision.tf32_settings()
     try:
-        torch.backends.cudnn.conv.fp32_precision = "tf32"
-        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        precision._set(precision.TF32)  # TF32 convolutions and matmuls, as after a user's opt-in
         net = _supernet(torch.float32).to(CUDA)
         adapter = TaskAdapter(net, 0.4, fd_epsilon=1e-5, vectorize=False)
         batch = _to(_batch(tasks=4, seed=9), CUDA)
@@ -81,7 +80,7 @@ def test_finite_differences_stay_close_to_second_order_with_tf32_on():
             so = _flat(adapter.meta_gradient(ARCHS[0], support, query, 1, "second_order").grads)
             fd = _flat(adapter.meta_gradient(ARCHS[0], support, query, 1, "finite_difference").grads)
             assert F.cosine_similarity(fd, so, dim=0).item() > 0.95
-        assert precision.tf32_settings() == ("tf32", "tf32", "tf32")
+        assert precision.tf32_settings() == precision.TF32
     finally:
         precision._set(saved)
 
