@@ -41,7 +41,7 @@ import torch
 from jsonargparse import ArgumentParser
 
 from lightning_metanas.adaptation import AdaptConfig, adapt
-from lightning_metanas.checkpoints import CheckpointError, data_settings, read_checkpoint, search_state
+from lightning_metanas.checkpoints import CheckpointError, data_state, read_checkpoint, search_state
 from lightning_metanas.data.folder import list_image_folder, load_image_folder, split_image_folder
 from lightning_metanas.errors import SettingsError, run_main
 from lightning_metanas.module import MetaNASModule
@@ -57,8 +57,8 @@ def parse(args: Optional[list[str]] = None):
     parser.add_argument("--channels", type=Optional[int], default=None,
                         help="1 (grayscale) or 3 (RGB); must match the checkpoint (default: its value).")
     parser.add_argument("--invert", type=Optional[bool], default=None,
-                        help="Store 1 - x (ink = 1 for dark-on-light drawings; default: true for a "
-                             "checkpoint meta-trained on Omniglot, whose pipeline does this).")
+                        help="Store 1 - x (ink = 1 for dark-on-light drawings; default: as the "
+                             "checkpoint's meta-training data, e.g. true for Omniglot).")
     parser.add_argument("--val_fraction", type=float, default=0.25,
                         help="Share of each class held out for the final validation accuracy.")
     parser.add_argument("--out", type=Optional[str], default=None, help="Write the result as JSON here.")
@@ -91,7 +91,8 @@ def main(args: Optional[list[str]] = None) -> dict:
         raise CheckpointError(f"--ckpt_path {cli.ckpt_path}: no such file")
     list_image_folder(cli.data_root)  # layout errors before the checkpoint is read
     checkpoint = read_checkpoint(cli.ckpt_path)
-    hparams, data = checkpoint["hyper_parameters"], data_settings(checkpoint) or {}
+    hparams, state = checkpoint["hyper_parameters"], data_state(checkpoint)
+    data = state.get("settings") or {}
     image_size = cli.image_size or data.get("image_size") or hparams.get("image_size", 28)
     model_channels = int(hparams.get("image_channels", 1))
     channels = model_channels if cli.channels is None else cli.channels
@@ -100,8 +101,11 @@ def main(args: Optional[list[str]] = None) -> dict:
             f"--channels {channels}: the checkpoint's SuperNet takes {model_channels}-channel "
             f"images; use --channels {model_channels}"
         )
-    invert = cli.invert if cli.invert is not None else data.get("dataset") == "omniglot"
-    images = load_image_folder(cli.data_root, image_size=image_size, channels=channels, invert=invert)
+    invert = cli.invert if cli.invert is not None else data.get("invert", data.get("dataset") == "omniglot")
+    # the meta-training data's per-channel normalisation, so the task looks like it
+    normalization = state.get("normalization") or {}
+    images = load_image_folder(cli.data_root, image_size=image_size, channels=channels, invert=invert,
+                               mean=normalization.get("mean"), std=normalization.get("std"))
     train, val = split_image_folder(images, cli.val_fraction, seed=config.seed)
 
     device = accelerator_device(cli.accelerator)
@@ -137,6 +141,7 @@ def main(args: Optional[list[str]] = None) -> dict:
         "channels": channels,
         "invert": invert,
         "device": str(device),
+        "normalization": normalization or None,
         "settings": settings,
         "ckpt_path": cli.ckpt_path,
         "data_root": cli.data_root,

@@ -51,6 +51,13 @@ def main(args: Optional[list[str]] = None) -> dict[str, float]:
         settings["root"] = config.root
     data = EpisodicDataModule(**settings)
     model = MetaNASModule.load_from_checkpoint(config.ckpt_path, map_location="cpu", weights_only=True)
+    expected = int(model.hparams.get("image_channels", 1))
+    if data.image_channels != expected:
+        raise SettingsError(
+            f"the {data.spec.title} images at {data.root} have {data.image_channels} channel(s), "
+            f"the checkpoint's SuperNet takes {expected}: meta-test it on the data it was "
+            "meta-trained on (--root)"
+        )
     if config.arch:
         model.eval_arch = model.load_architecture(config.arch)
     if config.eval_inner_steps is not None:

@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lightning_metanas.data import load_omniglot, omniglot_split  # noqa: E402
+from lightning_metanas.search_space import Architecture  # noqa: E402
 
 
 def checkpoint_split_seed(ckpt_path: str) -> int:
@@ -137,7 +138,7 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for mode, results in rows.items():
         for r in results:
-            arch = "-".join(f"{o}@{w}" for o, w in zip(r["arch"]["ops"], r["arch"]["widths"]))
+            arch = Architecture.of(r["arch"])
             print(f"| {mode} | {r['seed']} | {100 * r['val_acc']:.1f}% | {100 * r['search_score']:.1f}% | "
                   f"{r['search_seconds']:.1f} | {r['finetune_seconds']:.1f} | {r['scorings']} | "
                   f"{'yes' if r['predictor_used'] else 'no'} | {arch} |")

@@ -14,6 +14,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lightning_metanas.search_space import Architecture  # noqa: E402
+
 SETTINGS = {  # setting: (label, MAML published, T-NAS++ published)
     "5w1s": ("5-way 1-shot", "98.7", "99.55"),
     "5w5s": ("5-way 5-shot", "99.9", "99.95"),
@@ -37,10 +41,6 @@ def walltimes() -> dict[str, int]:
     return times
 
 
-def arch_name(arch: dict) -> str:
-    return "-".join(f"{op}@{width}" for op, width in zip(arch["ops"], arch["widths"]))
-
-
 def main() -> int:
     times = walltimes()
     print("| setting | searched architecture (this project) | Conv-4 (this project) | MAML (**published**) | T-NAS++ (**published**) |")
@@ -60,7 +60,7 @@ def main() -> int:
                 minutes = f", {wall / 60:.0f} min" if wall else ""
                 cells.append(f"{100 * r['acc']:.2f} ± {100 * r['acc_ci95']:.2f}{minutes}")
                 seed_label = f" (seed {suffix[5:]})" if suffix else ""
-                notes.append(f"- {label}{seed_label}, {arm}: `{arch_name(r['arch'])}`, {r['tasks']} test tasks, {result.parent.relative_to(ROOT)}")
+                notes.append(f"- {label}{seed_label}, {arm}: `{Architecture.of(r['arch'])}`, {r['tasks']} test tasks, {result.parent.relative_to(ROOT)}")
             seed = f" (seed {suffix[5:]})" if suffix else " (seed 0)"
             published = (maml, tnas) if not suffix else ("", "")
             print(f"| {label}{seed} | {cells[0]} | {cells[1]} | {published[0]} | {published[1]} |")

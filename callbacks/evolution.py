@@ -45,6 +45,9 @@ class EvolutionCallback(Callback):
         self._tasks: Optional[Tasks] = None
         self._export_dir: Optional[Path] = None
         self._sizes: dict[Architecture, tuple[int, int]] = {}
+        self._cache: dict[Architecture, float] = {}  # scores under the weights of _cache_step
+        self._cache_step: Optional[int] = None
+        self.real_scorings = 0
 
     # -- lifecycle -----------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -53,6 +56,8 @@ class EvolutionCallback(Callback):
         if self._restored is not None:
             self.search.load_state_dict(self._restored)
             self._restored = None
+        if stage == "fit" and trainer.datamodule is not None:
+            self.scoring_tasks(trainer, pl_module)  # a bad score_queries stops the run before step 1
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Resolved here on every rank (trainer.log_dir may broadcast), never inside rank-0 code.
@@ -64,6 +69,8 @@ class EvolutionCallback(Callback):
             self._install_sampler(pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch < self.config.warmup_epochs:  # SuperNet warm-up: no search yet
+            return
         for _ in range(self.config.generations_per_epoch):
             if self.search.finished:
                 break
@@ -82,17 +89,35 @@ class EvolutionCallback(Callback):
 
     # -- one generation ------------------------------------------------------------------
     def scoring_tasks(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tasks:
-        """The first ``tasks_per_score`` validation tasks: the same for every candidate and
-        every generation, on every rank."""
+        """The first ``tasks_per_score`` validation tasks (with ``score_queries`` query images
+        per class): the same for every candidate and every generation, on every rank."""
         if self._tasks is None:
             dataset = trainer.datamodule.task_dataset("val")
+            if self.config.score_queries is not None:
+                dataset = dataset.variant(
+                    queries=self.config.score_queries, num_tasks=self.config.tasks_per_score,
+                    setting="search.score_queries",
+                )
             count = min(self.config.tasks_per_score, len(dataset))
             self._tasks = stack_tasks([dataset[i] for i in range(count)])
         return tuple(t.to(pl_module.device) for t in self._tasks)  # type: ignore[return-value]
 
     def score(self, trainer: pl.Trainer, pl_module: pl.LightningModule, archs: list[Architecture]) -> list[float]:
         """Each rank scores every ``world_size``-th architecture; a sum-reduce of the
-        zero-padded score vectors gives every rank all the scores."""
+        zero-padded score vectors gives every rank all the scores. An architecture already
+        scored under the current weights (by an earlier generation at the same step, e.g.
+        several generations after a warm-up) keeps its score: scoring is deterministic, so
+        scoring it again would only repeat the number."""
+        if self._cache_step != trainer.global_step:
+            self._cache, self._cache_step = {}, trainer.global_step
+        fresh = [a for a in archs if a not in self._cache]
+        self._cache.update(zip(fresh, self._score_fresh(trainer, pl_module, fresh)))
+        self.real_scorings = len(fresh)
+        return [self._cache[a] for a in archs]
+
+    def _score_fresh(self, trainer: pl.Trainer, pl_module: pl.LightningModule, archs: list[Architecture]) -> list[float]:
+        if not archs:
+            return []
         rank, world = trainer.global_rank, trainer.world_size
         tasks = self.scoring_tasks(trainer, pl_module)
         mine = list(range(rank, len(archs), world))
@@ -116,7 +141,7 @@ class EvolutionCallback(Callback):
         scores = self.score(trainer, pl_module, archs)
         state = None
         if trainer.is_global_zero:
-            search.accept(dict(zip(archs, scores)))
+            search.accept(dict(zip(archs, scores)), self.real_scorings)
             state = search.state_dict()
         search.load_state_dict(strategy.broadcast(state, src=0))
         record = search.history[-1]  # the record accept returned, on every rank
@@ -140,6 +165,7 @@ class EvolutionCallback(Callback):
             [m.arch for m in self.search.population],
             self.search.best().arch,
             self.config.uniform_share,
+            pl_module.sampling,
         )
 
     def _log(self, pl_module: pl.LightningModule, record: GenerationRecord) -> None:

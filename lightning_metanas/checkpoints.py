@@ -61,12 +61,18 @@ def read_checkpoint(path: str | Path, flag: str = "--ckpt_path") -> dict:
     return checkpoint
 
 
-def data_settings(checkpoint: dict) -> Optional[dict]:
-    """The data module's constructor arguments, saved in its checkpoint state."""
+def data_state(checkpoint: dict) -> dict:
+    """The data module's checkpoint state (``EpisodicDataModule.state_dict()``), or ``{}``."""
     for key, state in checkpoint.items():
         if key.endswith("EpisodicDataModule") and isinstance(state, dict) and "settings" in state:
-            return dict(state["settings"])
-    return None
+            return state
+    return {}
+
+
+def data_settings(checkpoint: dict) -> Optional[dict]:
+    """The data module's constructor arguments, saved in its checkpoint state."""
+    settings = data_state(checkpoint).get("settings")
+    return dict(settings) if settings is not None else None
 
 
 def search_state(checkpoint: dict) -> Optional[dict]:

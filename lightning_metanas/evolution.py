@@ -39,6 +39,12 @@ class EvolutionConfig:
         mutation_prob: per-gene mutation probability.
         tasks_per_score: validation tasks each candidate adapts to; the same tasks for every
             candidate of a run, so scores compare.
+        score_queries: query images per class in each scoring task (``None``: as many as the
+            data's ``queries``). Scoring costs forward passes, not meta-training budget, and
+            more queries lower the noise of a score (``bench/ranking.py`` measures it).
+        warmup_epochs: epochs the SuperNet is meta-trained under ``model.sampling`` before
+            the first generation, so that the first scores rank architectures on trained
+            weights rather than on the initialisation.
         rescore_population: re-score the survivors each generation on the same tasks, so that
             selection compares everyone under the current shared weights.
         uniform_share: share of meta-train tasks that get a uniformly sampled architecture
@@ -62,6 +68,8 @@ class EvolutionConfig:
     crossover_prob: float = 0.5
     mutation_prob: float = 0.2
     tasks_per_score: int = 20
+    score_queries: Optional[int] = None
+    warmup_epochs: int = 0
     rescore_population: bool = True
     uniform_share: float = 0.25
     generations_per_epoch: int = 1
@@ -79,7 +87,8 @@ class EvolutionConfig:
             if not ok:
                 raise EvolutionSettingsError(f"search.{message}")
 
-        minimums = {"population_size": 2, "offspring": 1, "tasks_per_score": 1, "generations_per_epoch": 1}
+        minimums = {"population_size": 2, "offspring": 1, "tasks_per_score": 1, "generations_per_epoch": 1,
+                    "warmup_epochs": 0}
         for name, minimum in minimums.items():
             require_int(f"search.{name}", getattr(self, name), minimum, EvolutionSettingsError)
         need(
@@ -98,6 +107,10 @@ class EvolutionConfig:
         for name in ("crossover_prob", "mutation_prob", "uniform_share"):
             value = getattr(self, name)
             need(0.0 <= value <= 1.0, f"{name} must be in [0, 1], got {value}")
+        need(
+            self.score_queries is None or self.score_queries >= 1,
+            f"score_queries must be >= 1 or null (the data's queries), got {self.score_queries}",
+        )
         need(
             self.generations is None or self.generations >= 1,
             f"generations must be >= 1 or null (evolve until the end), got {self.generations}",
@@ -229,9 +242,11 @@ class EvolutionarySearch:
         return survivors + [a for a in proposals if a not in survivors]
 
     # -- selection -----------------------------------------------------------------------
-    def accept(self, scored: dict[Architecture, float]) -> GenerationRecord:
+    def accept(self, scored: dict[Architecture, float], real_scorings: Optional[int] = None) -> GenerationRecord:
         """Record the scores of one generation, select the survivors, retrain the predictor
-        when due; returns the generation's record (also appended to ``history``)."""
+        when due; returns the generation's record (also appended to ``history``).
+        ``real_scorings``: how many of ``scored`` were scored for real (default: all), since a
+        caller may keep a score measured under the same weights by an earlier generation."""
         for arch, score in scored.items():
             self.archive[arch] = float(score)
         for member in self.population:
@@ -263,7 +278,7 @@ class EvolutionarySearch:
             best_score=best.score,
             mean_score=sum(scores) / len(scores),
             diversity=self.diversity(),
-            real_scorings=len(scored),
+            real_scorings=len(scored) if real_scorings is None else real_scorings,
             predictor_used=predictor_used,
             predictor_tau=self.predictor_tau,
         )

@@ -40,9 +40,15 @@ class TaskAccuracy(Metric):
 
 def kendall_tau(predicted: Sequence[float] | torch.Tensor, measured: Sequence[float] | torch.Tensor) -> Optional[float]:
     """Kendall's rank correlation (tau-b, torchmetrics') of paired values: the rank quality the
-    performance predictor is trusted by, and the figure the plots and the report show. None
-    with fewer than two pairs; 0.0 when one side is constant (no rank information)."""
+    performance predictor is trusted by, the figure the plots and the report show, and the
+    SuperNet's agreement with stand-alone training (``ranking.py``). None with fewer than two
+    pairs; 0.0 when one side is constant (no rank information). Tensors are taken as they
+    are (the predictor's float32), numbers in float64 (so that no two values merge)."""
     if len(predicted) < 2:
         return None
-    tau = float(kendall_rank_corrcoef(torch.as_tensor(predicted), torch.as_tensor(measured)))
+    tau = float(kendall_rank_corrcoef(_values(predicted), _values(measured)))
     return tau if tau == tau else 0.0
+
+
+def _values(values: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    return values if isinstance(values, torch.Tensor) else torch.tensor([float(v) for v in values], dtype=torch.float64)

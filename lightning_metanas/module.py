@@ -17,7 +17,7 @@ import torch
 from lightning_metanas.errors import SettingsError, require_int
 from lightning_metanas.maml import MetaConfig, TaskAdapter
 from lightning_metanas.metrics import TaskAccuracy
-from lightning_metanas.samplers import ArchitectureSampler, FixedSampler, UniformSampler
+from lightning_metanas.samplers import SAMPLING_RULES, ArchitectureSampler, FixedSampler, SamplingRule, UniformSampler
 from lightning_metanas.search_space import Architecture, ArchitectureError, SearchSpace
 from lightning_metanas.supernet import SuperNet
 
@@ -41,6 +41,10 @@ class MetaNASModule(pl.LightningModule):
         eval_arch: architecture JSON that validation and test evaluate; by default the
             sampler's best (Conv-4 before any search).
         seed: seed of the per-task architecture sampling (offset by the DDP rank).
+        sampling: how a meta-batch's architectures are drawn from the space when no single
+            architecture is trained: ``uniform``, ``fair`` or ``sandwich`` (see
+            ``lightning_metanas.samplers``); the search's share of draws from the space uses
+            it too.
         tasks_per_arch: meta-training tasks that share one sampled architecture (consecutive
             tasks of a meta-batch); 1: an architecture per task. Tasks that share an
             architecture run as one vectorised batch where ``meta.vectorize`` is on (on CUDA by
@@ -58,6 +62,7 @@ class MetaNASModule(pl.LightningModule):
         train_arch: Optional[str] = None,
         eval_arch: Optional[str] = None,
         seed: int = 0,
+        sampling: SamplingRule = "uniform",
         tasks_per_arch: int = 1,
     ) -> None:
         super().__init__()
@@ -65,6 +70,8 @@ class MetaNASModule(pl.LightningModule):
         meta = _as_settings(MetaConfig, meta)
         if ways < 2:
             raise SettingsError(f"model.ways (data.ways) must be >= 2, got {ways}")
+        if sampling not in SAMPLING_RULES:
+            raise SettingsError(f"model.sampling must be one of {list(SAMPLING_RULES)}, got {sampling!r}")
         require_int("model.tasks_per_arch", tasks_per_arch, 1)
         self.save_hyperparameters(
             {
@@ -76,10 +83,12 @@ class MetaNASModule(pl.LightningModule):
                 "train_arch": train_arch,
                 "eval_arch": eval_arch,
                 "seed": seed,
+                "sampling": sampling,
                 "tasks_per_arch": tasks_per_arch,
             }
         )
-        self.space, self.meta, self.tasks_per_arch = search_space, meta, tasks_per_arch
+        self.space, self.meta, self.sampling = search_space, meta, sampling
+        self.tasks_per_arch = tasks_per_arch
         self.supernet = SuperNet(search_space, ways, image_channels)
         self.adapter = TaskAdapter.from_config(self.supernet, meta)
         self.sampler: ArchitectureSampler = self._initial_sampler(train_arch)
@@ -105,7 +114,7 @@ class MetaNASModule(pl.LightningModule):
     def _initial_sampler(self, train_arch: Optional[str]) -> ArchitectureSampler:
         if train_arch:
             return FixedSampler(self.load_architecture(train_arch))
-        return UniformSampler(self.space)
+        return UniformSampler(self.space, rule=self.sampling)
 
     def evaluated_architecture(self) -> Architecture:
         return self.eval_arch or self.sampler.best()
@@ -118,17 +127,17 @@ class MetaNASModule(pl.LightningModule):
 
     def step_architectures(self, tasks: int) -> list[Architecture]:
         """An architecture per task of this step: ``tasks_per_arch`` consecutive tasks share
-        each draw from the sampler (drawn with ``step_rng``)."""
-        rng, share = self.step_rng(), self.tasks_per_arch
-        draws = [self.sampler.sample(rng) for _ in range(-(-tasks // share))]
+        each of the sampler's draws for ``ceil(tasks / tasks_per_arch)`` tasks (``step_rng``)."""
+        share = self.tasks_per_arch
+        draws = self.sampler.sample_batch(self.step_rng(), -(-tasks // share))
         return [draws[t // share] for t in range(tasks)]
 
     # -- meta-training -------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         """One meta-batch: the adapter computes every task's meta-gradient explicitly (each
         task's graph is freed when its gradient is taken; on CPU, tasks run on worker threads)
-        and sums them (tasks that share an architecture vectorised, where that is on); the step returns a surrogate of the mean query loss whose value is that
-        loss and whose gradient w.r.t. the SuperNet is the mean meta-gradient, so Lightning's
+        and sums them (tasks that share an architecture vectorised, where that is on); the step
+        returns a surrogate of the mean query loss whose value is that loss and whose gradient w.r.t. the SuperNet is the mean meta-gradient, so Lightning's
         one ``backward()`` per meta-batch (and DDP's gradient averaging in it) applies it."""
         batch_size = batch[0].shape[0]
         archs = self.last_step_archs = self.step_architectures(batch_size)
@@ -185,5 +194,5 @@ class MetaNASModule(pl.LightningModule):
         # train start, and a fixed training architecture stays fixed.
         if "evaluated_arch" in checkpoint and not isinstance(self.sampler, FixedSampler):
             self.sampler = UniformSampler(
-                self.space, best=Architecture.from_dict(checkpoint["evaluated_arch"])
+                self.space, best=Architecture.from_dict(checkpoint["evaluated_arch"]), rule=self.sampling
             )

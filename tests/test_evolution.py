@@ -1,6 +1,7 @@
 """The evolutionary search and the predictor as plain Python, with a known score function."""
 import json
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -118,6 +119,18 @@ def test_accept_returns_the_record_that_history_keeps_logs_and_saves(tmp_path):
         run(EvolutionConfig(population_size=6, offspring=3, pool_size=9), 2, seed=4).archive
 
 
+def test_accept_counts_the_real_scorings_it_is_told():
+    """The callback keeps scores measured under the same weights (callbacks/evolution.py) and
+    tells accept how many were new: the one record then says so."""
+    search = EvolutionarySearch(SPACE, EvolutionConfig(population_size=4, offspring=2, pool_size=4, tournament_size=2))
+    first = search.accept({a: toy_score(a) for a in search.to_score(search.propose())})
+    assert first.real_scorings == 4
+    archs = search.to_score(search.propose())
+    assert len(archs) == 6  # 4 survivors re-scored + 2 offspring
+    second = search.accept({a: toy_score(a) for a in archs}, real_scorings=2)
+    assert second.real_scorings == 2 and search.history == [first, second]
+
+
 def test_predictor_learns_the_ranking_and_screens_offspring():
     config = EvolutionConfig(
         population_size=10, offspring=4, pool_size=24, predictor=PredictorConfig(min_archive=20)
@@ -161,7 +174,7 @@ def test_population_sampler_mixes_uniform_samples():
     rng = random.Random(0)
     population = [SPACE.sample(rng) for _ in range(3)]
     sampler = PopulationSampler(SPACE, population, population[0], uniform_share=0.25)
-    draws = [sampler.sample(rng) for _ in range(400)]
+    draws = sampler.sample_batch(rng, 400)
     share = sum(d not in population for d in draws) / 400
     assert 0.15 < share < 0.35
     assert sampler.best() == population[0]
@@ -202,5 +215,6 @@ def test_callback_meta_trains_the_best_architecture_alone_once_the_search_is_ove
     assert isinstance(module.sampler, FixedSampler)
     assert module.sampler.arch == search.best().arch == module.evaluated_architecture()
     history = list(search.history)
-    callback.on_train_epoch_end(trainer=None, pl_module=module)  # no generation runs any more
+    trainer = SimpleNamespace(current_epoch=2)  # past warmup_epochs (default 0)
+    callback.on_train_epoch_end(trainer=trainer, pl_module=module)  # no generation runs any more
     assert search.history == history and search.generation == 2

@@ -193,7 +193,7 @@ def test_training_step_returns_a_surrogate_of_the_mean_query_loss(mode):
 
     # the archs the step drew (same rng), their adapted query losses and meta-gradients
     rng = module.step_rng()
-    archs = [module.sampler.sample(rng) for _ in range(batch[0].shape[0])]
+    archs = module.sampler.sample_batch(rng, batch[0].shape[0])
     expected_grad: dict[str, torch.Tensor] = {}
     losses = []
     names = {id(p): n for n, p in module.supernet.named_parameters()}
@@ -229,10 +229,10 @@ def test_second_order_training_step_gradient_equals_the_mean_meta_loss_gradient(
     got = {n: p.grad.clone() for n, p in module.supernet.named_parameters() if p.grad is not None}
     module.supernet.zero_grad(set_to_none=True)
 
-    rng = module.step_rng()
+    archs = module.sampler.sample_batch(module.step_rng(), batch[0].shape[0])
     losses = [
         module.adapter.meta_loss(
-            module.sampler.sample(rng),
+            archs[t],
             (batch[0][t], batch[1][t]),
             (batch[2][t], batch[3][t]),
             steps=2,

@@ -23,8 +23,10 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from pytorch_lightning.callbacks import Callback
 
 from tests.test_train import ROOT, SEARCH, SYNTHETIC, logs, run
@@ -557,7 +559,9 @@ def test_bad_data_fails_with_one_line_naming_the_file(tmp_path, capsys, damage):
     # every background character with 2 drawings: the train split, checked first, has some
     small = {f"images_background/A{a}/c{c}": 2 for a in range(2) for c in range(4)}
     small = small if damage == "class_too_small" else None
-    root = _make_fake_omniglot(tmp_path / "omni", drawings=small)
+    # 32 characters: 2 in the val split, enough for data.ways=2 (the split is checked before
+    # anything is decoded, so a dataset too small for the task settings never reaches the image)
+    root = _make_fake_omniglot(tmp_path / "omni", drawings=small, characters=8)
     background = root / "images_background.zip"
     if damage == "not_a_zip":
         background.write_bytes(b"<html>404 Not Found</html>")
@@ -577,3 +581,123 @@ def test_bad_data_fails_with_one_line_naming_the_file(tmp_path, capsys, damage):
                            "--trainer.max_epochs=1")
     _error_line(err, needles)
     no_run_started(tmp_path / "data")
+
+
+# ---------------------------------------------------------------------------------------
+# bad image datasets (split folders, CSV splits, their cache), as train.py reports them
+# ---------------------------------------------------------------------------------------
+def _plant_cache(root: Path, tmp_path: Path, size: int) -> Path:
+    """The cache of another dataset (``size`` 16) or of this one at another size, under the name
+    this dataset's 16px cache has."""
+    from lightning_metanas.data import EpisodicDataModule, read_split_layout
+    from lightning_metanas.data.images import cache_name
+    from tests.test_datasets import tiny
+
+    source = root if size != 16 else tiny(tmp_path / "other", seed=1)
+    EpisodicDataModule(dataset="folder", root=str(source), image_size=size, ways=3, queries=2).prepare_data()
+    [built] = (source / ".cache").glob(f"*-{size}px-*.u8")
+    target = root / ".cache" / cache_name("folder", read_split_layout(root, "image folder"), 16, None, False)
+    target.parent.mkdir(exist_ok=True)
+    built.rename(target)
+    return target
+
+
+def _image(root: Path, split: str, label: int, index: int) -> Path:
+    return root / split / f"n{label:08d}" / f"n{label:08d}{index:08d}.jpg"
+
+
+def damage_dataset(case: str, r: Path, tmp_path: Path) -> list[str]:
+    """Damage the tiny dataset at ``r`` (4 / 3 / 3 classes of 6 images) as ``case`` says;
+    returns what the one error line must hold."""
+    import shutil
+
+    if case == "missing_split_folder":
+        shutil.rmtree(r / "val")
+        return [f"missing split folder {r / 'val'}"]
+    if case == "missing_csv":
+        (r / "test.csv").unlink()
+        return [f"missing split file {r / 'test.csv'}"]
+    if case == "csv_names_a_missing_file":
+        (r / "images" / "n0000000100000002.jpg").unlink()
+        return [f"{r / 'train.csv'} line 9 names {r / 'images' / 'n0000000100000002.jpg'}, which does not exist"]
+    if case == "csv_without_header":
+        (r / "val.csv").write_text("n0000000400000001.jpg,n00000004\n")
+        return [f"{r / 'val.csv'}: the first line must be the header filename,label"]
+    if case == "class_in_two_splits":
+        shutil.copytree(r / "train" / "n00000000", r / "val" / "n00000000")
+        return [f"class 'n00000000' is in two splits, {r / 'train' / 'n00000000'} and {r / 'val' / 'n00000000'}"]
+    if case == "class_in_two_csvs":
+        (r / "val.csv").write_text((r / "val.csv").read_text().replace(",n00000004", ",n00000000", 1))
+        return [f"class 'n00000000' is in two splits, at {r / 'train.csv'} line 2 and at {r / 'val.csv'} line 2"]
+    if case == "image_in_two_csvs":
+        with (r / "val.csv").open("a") as f:
+            f.write("n0000000000000001.jpg,n00000001\n")
+        return [f"{r / 'val.csv'} line 20 lists n0000000000000001.jpg again (first listed at {r / 'train.csv'} line 2)"]
+    if case == "class_too_small":
+        for i in (3, 4, 5, 6):
+            _image(r, "train", 1, i).unlink()
+        return ["image dataset class 'n00000001' (label 1, train split) has 2 images, fewer than "
+                "data.shots + data.queries = 1 + 2 = 3"]
+    if case == "undecodable_image":
+        _image(r, "val", 5, 2).write_bytes(b"<html>404</html>")
+        return [f"cannot decode image {_image(r, 'val', 5, 2)}: cannot identify image file"]
+    if case == "truncated_image":
+        path = _image(r, "test", 8, 6)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        return [f"cannot decode image {path}: Truncated File Read"]
+    if case == "empty_class_folder":
+        (r / "test" / "n00000099").mkdir()
+        return [f"class folder {r / 'test' / 'n00000099'} is empty"]
+    if case == "empty_split_folder":
+        shutil.rmtree(r / "test")
+        (r / "test").mkdir()
+        return [f"image folder {r / 'test'} has no class folders"]
+    if case == "empty_root":
+        for split in ("train", "val", "test"):
+            shutil.rmtree(r / split)
+        return [f"--data.root {r} holds neither layout of an image dataset; expected split folders"]
+    if case == "both_layouts":
+        (r / "train.csv").write_text("filename,label\n")
+        return [f"{r} holds both layouts (train/, val/, test/, train.csv)"]
+    if case == "sixteen_bit_image_among_rgb":  # mixed 8-bit gray and RGB are converted (test_datasets)
+        path = r / "train" / "n00000002" / "deep.png"
+        Image.fromarray(np.full((20, 20), 40000, dtype=np.uint16)).save(path)
+        return [f"image {path} has PIL mode 'I;16'", "convert it to an 8-bit image"]
+    if case in ("cache_of_another_dataset", "cache_of_another_size"):
+        size = 16 if case == "cache_of_another_dataset" else 12
+        differs = "fingerprint" if size == 16 else "image_size"
+        return [f"image cache {_plant_cache(r, tmp_path, size)} was written for another dataset or "
+                f"setting (its {differs}"]
+    if case == "fewer_classes_than_ways":
+        shutil.rmtree(r / "val" / "n00000006")
+        return ["data.ways=3 is more than the 2 classes of the image dataset val split; use data.ways <= 2"]
+    raise AssertionError(case)
+
+
+BAD_DATASETS = {  # case -> layout
+    "missing_split_folder": "folders", "missing_csv": "csv", "csv_names_a_missing_file": "csv",
+    "csv_without_header": "csv", "class_in_two_splits": "folders", "class_in_two_csvs": "csv",
+    "image_in_two_csvs": "csv", "class_too_small": "folders", "undecodable_image": "folders",
+    "truncated_image": "folders", "empty_class_folder": "folders", "empty_split_folder": "folders",
+    "empty_root": "folders", "both_layouts": "folders", "sixteen_bit_image_among_rgb": "folders",
+    "cache_of_another_dataset": "folders", "cache_of_another_size": "folders",
+    "fewer_classes_than_ways": "folders",
+}
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_DATASETS))
+def test_bad_image_dataset_fails_with_one_line_and_writes_nothing(tmp_path, capsys, case):
+    from tests.test_datasets import tiny
+
+    root = tiny(tmp_path / "data", layout=BAD_DATASETS[case])
+    needles = damage_dataset(case, root, tmp_path)
+    before = _snapshot(root)
+    err = train_in_process(capsys, *SYNTHETIC, *logs(tmp_path, "runs"), "--data.dataset=folder",
+                           f"--data.root={root}", "--data.image_size=16", "--trainer.max_epochs=1")
+    _error_line(err, needles)
+    assert _snapshot(root) == before  # no cache, no temporary file, nothing touched
+    no_run_started(tmp_path / "runs")

@@ -30,6 +30,15 @@ def test_size_counts_every_architecture():
     assert len(seen) == 20
 
 
+def test_label_and_comparison_of_architectures_and_their_json():
+    """One label (str) and one comparison (==) for architectures, also as read from files."""
+    arch = Architecture(("conv3x3", "skip"), (32, 64))
+    assert str(arch) == "conv3x3@32-skip@64"
+    assert Architecture.of(arch) is arch
+    assert Architecture.of({"ops": ["conv3x3", "skip"], "widths": [32, 64]}) == arch
+    assert Architecture.of({"ops": ["conv3x3", "skip"], "widths": [32, 48]}) != arch
+
+
 def test_json_round_trip_and_file(tmp_path):
     arch = Architecture(("conv3x3", "skip", "sep_conv3x3"), (32, 64, 48))
     assert Architecture.from_json(arch.to_json()) == arch

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lightning_metanas.search_space import Architecture
 from tests.test_train import ROOT, SEARCH, SYNTHETIC
 
 PNGS = ["search_curve.png", "predicted_vs_measured.png", "accuracy_vs_params.png",
@@ -115,8 +116,7 @@ def test_offline_wandb_run_holds_population_curve_scatter_front_and_artifact(tmp
     assert entry.path == "best_arch.json"
     assert json.loads(Path(entry.local_path).read_text()) == best  # inside the W&B run folder
     assert run_file.parent in Path(entry.local_path).parents
-    assert json.loads(artifacts[-1].metadata)["architecture"] == "-".join(
-        f"{o}@{w}" for o, w in zip(best["ops"], best["widths"]))
+    assert json.loads(artifacts[-1].metadata)["architecture"] == str(Architecture.of(best))
 
     # the population table's file: the documented columns, one row per member
     files = run_file.parent / "files"
@@ -153,7 +153,7 @@ def test_csv_search_run_writes_pngs_scored_json_report_and_test_result(tmp_path)
     assert sum(h["real_scorings"] for h in history) >= len(scored["archive"]) > 4
     for row in scored["archive"]:
         assert row["params"] > 0 and row["flops"] > 0 and 0 <= row["score"] <= 1
-        assert row["architecture"] == "-".join(f"{o}@{w}" for o, w in zip(row["arch"]["ops"], row["arch"]["widths"]))
+        assert row["architecture"] == str(Architecture.of(row["arch"]))
     assert sum(r["in_population"] for r in scored["archive"]) == 4
     # train.py's meta-test result, read by the report written after meta-testing
     test = json.loads((run_dir / "test_result.json").read_text())
@@ -161,7 +161,7 @@ def test_csv_search_run_writes_pngs_scored_json_report_and_test_result(tmp_path)
     assert test["tasks"] == 6 and test["ways"] == 3 and test["shots"] == 1
     page = (run_dir / "report.html").read_text()
     assert f"{100 * test['acc']:.2f}%" in page
-    assert "-".join(f"{o}@{w}" for o, w in zip(best["ops"], best["widths"])) in page
+    assert str(Architecture.of(best)) in page
     assert "meta-test:" in proc.stdout
 
 

@@ -9,6 +9,8 @@ import pytest
 import torch
 import yaml
 
+from lightning_metanas.search_space import Architecture
+
 ROOT = Path(__file__).resolve().parents[1]
 SYNTHETIC = [
     "--data.dataset=synthetic", "--data.image_size=14", "--data.ways=3", "--data.queries=2",
@@ -94,7 +96,7 @@ def test_search_writes_best_arch_history_and_metrics(tmp_path):
         assert key in header
     out = run("eval.py", "--ckpt_path", str(ckpt_dir / "last.ckpt"), "--arch",
               str(ckpt_dir / "best_arch.json"), "--test_tasks", "6").stdout
-    assert "-".join(f"{o}@{w}" for o, w in zip(best["ops"], best["widths"])) in out
+    assert str(Architecture.of(best)) in out
 
 
 @pytest.mark.slow

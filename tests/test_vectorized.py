@@ -103,12 +103,10 @@ def test_tasks_per_arch_shares_each_draw_between_consecutive_tasks():
                              meta=MetaConfig(inner_lr=0.3, inner_steps=2, vectorize=vectorize))
 
     one, three = module(1, None), module(3, None)
-    draws = [one.sampler.sample(one.step_rng()) for _ in range(1)]
-    assert one.step_architectures(1) == draws  # tasks_per_arch=1: the draws of before
+    assert one.step_architectures(6) == one.sampler.sample_batch(one.step_rng(), 6)  # the draws of before
     archs = three.step_architectures(7)
     assert archs[0:3] == [archs[0]] * 3 and archs[3:6] == [archs[3]] * 3 and len(archs) == 7
-    rng = three.step_rng()
-    assert [archs[0], archs[3], archs[6]] == [three.sampler.sample(rng) for _ in range(3)]
+    assert [archs[0], archs[3], archs[6]] == three.sampler.sample_batch(three.step_rng(), 3)
 
     batch = _batch(tasks=6, seed=3)
     steps = {}

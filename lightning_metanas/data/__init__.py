@@ -1,37 +1,56 @@
-"""Few-shot task distributions (Omniglot, synthetic) and their Lightning data module."""
+"""Few-shot task distributions (Omniglot, image datasets on disk, synthetic) and their Lightning
+data module. ``registry.DATASETS`` lists them; ``images.py`` decodes and caches the images."""
 
 from .errors import DataError, DataNotFoundError
-from .omniglot import LabelledImages, load_omniglot, omniglot_split, split_class_ids
+from .images import ImageStore, LabelledImages, Listing, decode_images
+from .omniglot import list_omniglot, load_omniglot, omniglot_split, split_class_ids
+from .folder import (
+    IMAGE_SUFFIXES,
+    list_image_folder,
+    load_image_folder,
+    read_split_layout,
+    split_image_folder,
+)
 from .synthetic import make_synthetic, synthetic_split
 from .transforms import RandomClassRotation90, rotate_sample
+from .registry import DATASETS, DatasetSpec
 from .episodic import (
     EpisodicDataModule,
     EpisodicTaskDataset,
     EpochTaskSampler,
     Task,
+    check_task_settings,
     split_task,
     task_seed,
 )
 
 __all__ = [
+    "DATASETS",
     "DataError",
     "DataNotFoundError",
+    "DatasetSpec",
     "EpisodicDataModule",
     "EpisodicTaskDataset",
     "EpochTaskSampler",
+    "IMAGE_SUFFIXES",
+    "ImageStore",
     "LabelledImages",
+    "Listing",
     "RandomClassRotation90",
     "Task",
+    "check_task_settings",
+    "decode_images",
+    "list_image_folder",
+    "list_omniglot",
+    "load_image_folder",
     "load_omniglot",
     "make_synthetic",
     "omniglot_split",
+    "read_split_layout",
     "rotate_sample",
     "split_class_ids",
+    "split_image_folder",
     "split_task",
     "synthetic_split",
     "task_seed",
 ]
-
-from .folder import IMAGE_SUFFIXES, load_image_folder, split_image_folder  # noqa: E402
-
-__all__ += ["IMAGE_SUFFIXES", "load_image_folder", "split_image_folder"]

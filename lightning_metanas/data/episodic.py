@@ -19,6 +19,7 @@ counter is part of the data module's ``state_dict`` and so of every checkpoint.
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import hashlib
@@ -35,22 +36,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from lightning_metanas.errors import require_int
 
 from .errors import DataError, DataNotFoundError
-from .omniglot import (
-    DRAWINGS_PER_CLASS,
-    SPLIT_SIZES,
-    ZIP_NAMES,
-    LabelledImages,
-    load_omniglot,
-    omniglot_split,
-    proportional_split_sizes,
-)
-from .synthetic import NUM_CLASSES as SYNTHETIC_CLASSES
-from .synthetic import PER_CLASS as SYNTHETIC_PER_CLASS
-from .synthetic import SPLIT_FRACTIONS as SYNTHETIC_FRACTIONS
-from .synthetic import make_synthetic, synthetic_split
+from .images import ImageStore, LabelledImages, Splits, decode_images
+from .registry import DATASETS, DatasetSpec
 from .transforms import RandomClassRotation90
 
-DATASETS: tuple[str, ...] = ("omniglot", "synthetic")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 TaskKey = Union[int, tuple[int, int]]
 
@@ -97,6 +86,28 @@ def split_task(
         x[:, shots:].reshape(ways * queries, *x.shape[2:]),
         labels.repeat_interleave(queries),
     )
+
+
+def check_task_settings(
+    title: str, class_names: Sequence[str], class_sizes: Sequence[int],
+    splits: dict[str, Sequence[int]], ways: int, shots: int, queries: int,
+) -> None:
+    """Every split has at least ``ways`` classes and every class ``shots + queries`` images;
+    else ``DataError`` naming the split or the class (by name and label)."""
+    needed = shots + queries
+    for split, class_ids in splits.items():
+        if ways > len(class_ids):
+            raise DataError(
+                f"data.ways={ways} is more than the {len(class_ids)} classes of the {title} "
+                f"{split} split; use data.ways <= {len(class_ids)}"
+            )
+        for c in class_ids:
+            if class_sizes[c] < needed:
+                raise DataError(
+                    f"{title} class {class_names[c]!r} (label {c}, {split} split) has "
+                    f"{class_sizes[c]} images, fewer than data.shots + data.queries = "
+                    f"{shots} + {queries} = {needed}"
+                )
 
 
 class _SplitImages(Dataset):
@@ -154,20 +165,22 @@ class EpisodicTaskDataset(Dataset):
         self._taskset: Any = None
 
     def _check(self, data: LabelledImages, dataset_name: str) -> None:
-        if self.ways > len(self.class_ids):
+        sizes = {c: len(p) for c, p in self._positions.items()}
+        check_task_settings(dataset_name, data.class_names, sizes, {self.split: self.class_ids},
+                            self.ways, self.shots, self.queries)
+
+    def variant(self, *, queries: int, num_tasks: int, setting: str = "queries") -> "EpisodicTaskDataset":
+        """The same split and seeds with another number of query images per class and of
+        tasks (e.g. lower-noise scoring tasks); ``setting`` names the flag in errors."""
+        fewest = min(len(self._positions[c]) for c in self.class_ids)
+        if self.shots + queries > fewest:
             raise DataError(
-                f"data.ways={self.ways} is more than the {len(self.class_ids)} classes of the "
-                f"{dataset_name} {self.split} split; use data.ways <= {len(self.class_ids)}"
+                f"{setting}={queries}: shots + queries = {self.shots + queries} is more than the "
+                f"{fewest} images of the smallest {self.split} class; use {setting} <= {fewest - self.shots}"
             )
-        needed = self.shots + self.queries
-        for c in self.class_ids:
-            have = len(self._positions[c])
-            if have < needed:
-                raise DataError(
-                    f"{dataset_name} class {data.class_names[c]!r} (label {c}, {self.split} "
-                    f"split) has {have} images, fewer than data.shots + data.queries = "
-                    f"{self.shots} + {self.queries} = {needed}"
-                )
+        other = copy.copy(self)
+        other.queries, other.num_tasks, other._taskset = queries, num_tasks, None
+        return other
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -265,33 +278,30 @@ class EpochTaskSampler(Sampler):
         return self.num_tasks
 
 
-def _expected_layout(dataset: str) -> tuple[tuple[int, ...], int, str]:
-    """(classes per split, images per class, display name) before anything is loaded."""
-    if dataset == "omniglot":
-        return SPLIT_SIZES, DRAWINGS_PER_CLASS, "Omniglot"
-    return (
-        proportional_split_sizes(SYNTHETIC_CLASSES, SYNTHETIC_FRACTIONS),
-        SYNTHETIC_PER_CLASS,
-        "synthetic",
-    )
-
-
 class EpisodicDataModule(pl.LightningDataModule):
-    """N-way K-shot episodes from Omniglot or a synthetic task distribution.
+    """N-way K-shot episodes from any dataset of the registry (``registry.DATASETS``).
 
     Batches are ``(support_x, support_y, query_x, query_y)`` with a leading task axis:
     ``[B, ways*shots, C, H, W]``, ``[B, ways*shots]``, ``[B, ways*queries, C, H, W]``,
     ``[B, ways*queries]``; labels run over ``0..ways-1`` and agree between support and query.
-    Classes are split 1100/100/423 (Omniglot) or 60/20/20% (synthetic) into disjoint
-    train/validation/test sets. Settings are checked when the module is built, before any data
-    is read, and violations raise ``DataError`` naming the setting.
+    Classes are split into disjoint train/validation/test sets: by the files (split folders,
+    CSVs), 1100/100/423 (Omniglot) or 60/20/20% (synthetic). Settings are checked when the
+    module is built, the files' layout and class sizes before any image is decoded, and
+    violations raise ``DataError`` naming the setting or file.
+
+    Images are decoded once into a uint8 cache file (``images.py``) that every run and DDP
+    rank reads image by image: no process holds the dataset.
 
     Args:
-        dataset: which task distribution: ``omniglot`` or ``synthetic`` (generated in memory,
-            for tests and smoke runs).
-        root: folder holding Omniglot's ``images_background.zip`` and
-            ``images_evaluation.zip`` (relative to the working directory); the decoded images
-            are cached there as ``omniglot_<image_size>.pt``. Unused for ``synthetic``.
+        dataset: the task distribution: ``omniglot``; ``miniimagenet``, ``tieredimagenet``,
+            ``cifarfs``, ``fc100`` or ``folder`` (any dataset of your own), each in split
+            folders ``root/{train,val,test}/<class>/<image>`` or the CSV layout
+            ``root/images/<file>`` with ``root/{train,val,test}.csv`` (``filename,label``);
+            ``synthetic`` (generated in memory, for tests and smoke runs).
+        root: the dataset's folder (relative to the working directory): Omniglot's two zips,
+            or one of the layouts above. Unused for ``synthetic``.
+        cache_dir: folder of the decoded-image cache (default: ``<root>/.cache``); give
+            another when ``root`` is read-only.
         ways: classes per task (N).
         shots: labelled support images per class (K).
         queries: query images per class, on which the adapted learner is scored.
@@ -300,11 +310,19 @@ class EpisodicDataModule(pl.LightningDataModule):
         val_tasks: validation tasks, the same ones at every validation.
         test_tasks: test tasks, the same ones in every run.
         eval_batch_size: tasks per validation/test batch (the last batch may be smaller).
-        image_size: side of the square images after resizing.
+        image_size: side of the square images after resizing (aspect ratio not kept).
+        channels: 1 (grayscale) or 3 (RGB); ``null``: the dataset's (Omniglot: 1; image
+            datasets: 3 if any image has colour, grayscale ones then replicated, else 1).
+        normalize: map each channel to zero mean and unit variance with the train split's
+            statistics; ``null``: the dataset's convention (Omniglot, synthetic: no, ink is
+            1 on 0; image datasets: yes).
+        invert: store ``1 - x`` (dark drawings on light paper become ink = 1); ``null``: the
+            dataset's convention (Omniglot: yes; others: no).
         rotations: rotate each class of a task by a random multiple of 90 degrees, in all
-            splits, as learn2learn's Omniglot benchmark does.
-        split_seed: seed of the class split (and of the synthetic images); keep it fixed to
-            compare runs.
+            splits, as learn2learn's Omniglot benchmark does; ``null``: the dataset's
+            convention (Omniglot, synthetic: yes; image datasets: no).
+        split_seed: seed of the class split where the files do not give one (and of the
+            synthetic images); keep it fixed to compare runs.
         seed: seed of the task sampling; training tasks also vary with epoch and DDP rank.
         num_workers: DataLoader worker processes (0 = sample in the main process).
     """
@@ -313,6 +331,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         self,
         dataset: str = "omniglot",
         root: str = "data/omniglot",
+        cache_dir: Optional[str] = None,
         ways: int = 5,
         shots: int = 1,
         queries: int = 15,
@@ -322,7 +341,10 @@ class EpisodicDataModule(pl.LightningDataModule):
         test_tasks: int = 600,
         eval_batch_size: int = 25,
         image_size: int = 28,
-        rotations: bool = True,
+        channels: Optional[int] = None,
+        normalize: Optional[bool] = None,
+        invert: Optional[bool] = None,
+        rotations: Optional[bool] = None,
         split_seed: int = 0,
         seed: int = 0,
         num_workers: int = 0,
@@ -331,25 +353,32 @@ class EpisodicDataModule(pl.LightningDataModule):
         # No save_hyperparameters(): Lightning refuses to log when a key (``seed``, ``ways``,
         # ``image_size``) is in both the model's and the data module's hparams with different
         # values; the CLI's saved config records these settings instead.
-        self.dataset, self.root = dataset, root
+        if dataset not in DATASETS:
+            raise DataError(
+                f"unknown data.dataset {dataset!r}; choose one of "
+                + ", ".join(repr(d) for d in DATASETS)
+            )
+        self.spec: DatasetSpec = DATASETS[dataset]
+        self.dataset, self.root, self.cache_dir = dataset, root, cache_dir
         self.ways, self.shots, self.queries = ways, shots, queries
         self.meta_batch_size, self.train_batches = meta_batch_size, train_batches
         self.val_tasks, self.test_tasks = val_tasks, test_tasks
-        self.eval_batch_size, self.image_size = eval_batch_size, image_size
-        self.rotations, self.split_seed, self.seed = rotations, split_seed, seed
+        self.eval_batch_size, self.image_size, self.channels = eval_batch_size, image_size, channels
+        # the dataset's conventions where a setting is left at None (saved resolved)
+        self.normalize = self.spec.normalize if normalize is None else normalize
+        self.invert = self.spec.invert if invert is None else invert
+        self.rotations = self.spec.rotations if rotations is None else rotations
+        self.split_seed, self.seed = split_seed, seed
         self.num_workers = num_workers
         self._validate()
         self._data: Optional[LabelledImages] = None
+        self._class_splits: Optional[Splits] = None
+        self._normalization: Optional[dict[str, list[float]]] = None
         self._splits: dict[str, EpisodicTaskDataset] = {}
         self._train_sampler = EpochTaskSampler(train_batches * meta_batch_size)
 
     # -- settings --------------------------------------------------------------------------
     def _validate(self) -> None:
-        if self.dataset not in DATASETS:
-            raise DataError(
-                f"unknown data.dataset {self.dataset!r}; choose one of "
-                + ", ".join(repr(d) for d in DATASETS)
-            )
         for name in ("ways", "shots", "queries", "meta_batch_size", "train_batches",
                      "val_tasks", "test_tasks", "eval_batch_size", "image_size"):
             require_int(f"data.{name}", getattr(self, name), 1, DataError)
@@ -357,64 +386,85 @@ class EpisodicDataModule(pl.LightningDataModule):
             if not _is_int(getattr(self, name)):
                 raise DataError(f"data.{name} must be an integer, got {getattr(self, name)!r}")
         require_int("data.num_workers", self.num_workers, 0, DataError)
-        if not isinstance(self.rotations, bool):
-            raise DataError(f"data.rotations must be true or false, got {self.rotations!r}")
+        for name in ("rotations", "normalize", "invert"):
+            if not isinstance(getattr(self, name), bool):
+                raise DataError(f"data.{name} must be true, false or null, got {getattr(self, name)!r}")
+        if self.channels not in (None, 1, 3):
+            raise DataError(f"data.channels must be 1 (grayscale), 3 (RGB) or null (as the images "
+                            f"are), got {self.channels!r}")
 
-        split_sizes, per_class, label = _expected_layout(self.dataset)
-        fewest = min(split_sizes)
-        if self.ways > fewest:
-            split = SPLITS[split_sizes.index(fewest)]
-            raise DataError(
-                f"data.ways={self.ways} is more than the {fewest} classes of the {label} "
-                f"{split} split (splits: {'/'.join(map(str, split_sizes))} classes); "
-                f"use data.ways <= {fewest}"
-            )
-        if self.shots + self.queries > per_class:
-            raise DataError(
-                f"data.shots + data.queries = {self.shots} + {self.queries} = "
-                f"{self.shots + self.queries} is more than the {per_class} images per class of "
-                f"{label}; lower data.shots or data.queries"
-            )
-        if self.dataset == "omniglot":
+        title = self.spec.title
+        if self.spec.layout is not None:  # sizes known before reading: fail before any file is opened
+            split_sizes, per_class = self.spec.layout
+            fewest = min(split_sizes)
+            if self.ways > fewest:
+                split = SPLITS[split_sizes.index(fewest)]
+                raise DataError(
+                    f"data.ways={self.ways} is more than the {fewest} classes of the {title} "
+                    f"{split} split (splits: {'/'.join(map(str, split_sizes))} classes); "
+                    f"use data.ways <= {fewest}"
+                )
+            if self.shots + self.queries > per_class:
+                raise DataError(
+                    f"data.shots + data.queries = {self.shots} + {self.queries} = "
+                    f"{self.shots + self.queries} is more than the {per_class} images per class "
+                    f"of {title}; lower data.shots or data.queries"
+                )
+        if self.spec.read is not None:
             root = Path(self.root).expanduser()
             if not root.is_dir():
                 raise DataNotFoundError(
-                    f"Omniglot directory not found: {root.absolute()} (looked for "
-                    f"{' and '.join(ZIP_NAMES)} there); set --data.root (data.root in a "
-                    "config file) to the folder that holds them"
+                    f"{title} directory not found: {root.absolute()}{self.spec.root_hint}"
                 )
 
     @property
     def image_channels(self) -> int:
-        """Channels of the images (1: Omniglot and the synthetic data are grayscale)."""
-        return 1
+        """Channels of the images the network gets: ``data.channels``, else the dataset's
+        (reading an image dataset's files, or its cache, to find out)."""
+        if self.channels is not None:
+            return self.channels
+        if self.spec.channels is not None:
+            return self.spec.channels
+        return self._load().images.channels
 
     # -- data ------------------------------------------------------------------------------
     def _load(self) -> LabelledImages:
-        if self._data is None:
-            if self.dataset == "omniglot":
-                self._data = load_omniglot(self.root, self.image_size)
-            else:
-                self._data = make_synthetic(image_size=self.image_size, seed=self.split_seed)
-        return self._data
+        """The images and the class split; the layout and the class sizes are checked against
+        the task settings before anything is decoded."""
+        if self._data is not None:
+            return self._data
+        spec, channels = self.spec, self.channels or self.spec.channels
+        if spec.generate is not None:
+            data = spec.generate(self.image_size, self.split_seed, channels or 1)
+            names, sizes = data.class_names, torch.bincount(data.labels).tolist()
+            splits = spec.split(self.split_seed, data.num_classes)
+        else:
+            listing = spec.read(Path(self.root).expanduser())
+            names, sizes = listing.class_names, listing.class_sizes
+            splits = listing.splits or spec.split(self.split_seed, len(names))
+        check_task_settings(spec.title, names, sizes, dict(zip(SPLITS, splits)),
+                            self.ways, self.shots, self.queries)
+        if spec.generate is None:
+            cache_dir = self.cache_dir or Path(self.root).expanduser() / ".cache"
+            store = decode_images(listing, self.dataset, self.image_size, channels, self.invert, cache_dir)
+            labels = torch.arange(len(sizes)).repeat_interleave(torch.tensor(sizes))
+            data = LabelledImages(store, labels, names)
+        self._data, self._class_splits = data, splits
+        return data
 
     def prepare_data(self) -> None:
-        """Decode Omniglot once (on rank 0 under DDP) so the other ranks read the cache."""
+        """Decode the images once (on rank 0 under DDP) so the other ranks read the cache."""
         self._load()
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self._splits:
             return
         data = self._load()
-        if self.dataset == "omniglot":
-            class_splits = omniglot_split(self.split_seed, data.num_classes)
-            name = "Omniglot"
-        else:
-            class_splits = synthetic_split(self.split_seed, data.num_classes)
-            name = "synthetic"
+        if self.normalize:
+            data = self._normalized(data, self._class_splits[0])
         num_tasks = {"train": self.train_batches * self.meta_batch_size,
                      "val": self.val_tasks, "test": self.test_tasks}
-        for split, class_ids in zip(SPLITS, class_splits):
+        for split, class_ids in zip(SPLITS, self._class_splits):
             self._splits[split] = EpisodicTaskDataset(
                 data,
                 class_ids,
@@ -425,8 +475,23 @@ class EpisodicDataModule(pl.LightningDataModule):
                 rotations=self.rotations,
                 seed=self.seed,
                 split=split,
-                dataset_name=name,
+                dataset_name=self.spec.title,
             )
+
+    def _normalized(self, data: LabelledImages, train_ids: Sequence[int]) -> LabelledImages:
+        """``data`` with every channel mapped to zero mean, unit variance over the train split
+        (only its statistics: validation and test images are never looked at)."""
+        if isinstance(data.images, ImageStore):
+            mean, std = data.images.channel_stats(train_ids)
+            images = data.images.normalized(mean, std)
+        else:
+            train = data.images[torch.isin(data.labels, torch.tensor(list(train_ids)))]
+            mean_t = train.mean(dim=(0, 2, 3))
+            std_t = train.std(dim=(0, 2, 3), unbiased=False).clamp_min(1e-12)
+            images = (data.images - mean_t[:, None, None]) / std_t[:, None, None]
+            mean, std = mean_t.tolist(), std_t.tolist()
+        self._normalization = {"mean": mean, "std": std}
+        return LabelledImages(images, data.labels, data.class_names)
 
     def class_splits(self) -> dict[str, list[int]]:
         """The class ids of each split (after ``setup``)."""
@@ -477,7 +542,10 @@ class EpisodicDataModule(pl.LightningDataModule):
         return {name: getattr(self, name) for name in names if name != "self"}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"train_next_epoch": self._train_sampler.next_epoch, "settings": self.settings()}
+        """The sampler's epoch, the settings, and the per-channel normalisation (so that
+        ``adapt.py`` shows a new task's images to the network as meta-training did)."""
+        return {"train_next_epoch": self._train_sampler.next_epoch, "settings": self.settings(),
+                "normalization": self._normalization}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "train_next_epoch" in state_dict:

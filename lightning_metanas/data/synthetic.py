@@ -19,6 +19,7 @@ from .omniglot import LabelledImages, proportional_split_sizes, split_class_ids
 SPLIT_FRACTIONS: tuple[float, float, float] = (0.6, 0.2, 0.2)
 NUM_CLASSES = 60
 PER_CLASS = 20
+SPLIT_SIZES = proportional_split_sizes(NUM_CLASSES, SPLIT_FRACTIONS)  # 36/12/12
 
 
 def make_synthetic(
