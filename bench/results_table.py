@@ -1,22 +1,19 @@
-"""The four-setting table of RESULTS.md from the runs of ``bench/results_table.sh``.
+"""RESULTS.md's equal-budget table from the runs recorded by ``bench/results.py``.
 
-    .venv/bin/python bench/results_table.py
+    .venv/bin/python bench/results_table.py [bench/results/omniglot.json]
 
-Reads the newest ``runs/results_<setting>_<arm>[_seedN]/version_N/test_result.json`` of each
-setting, arm and seed (seed 0 from ``bench/results_table.sh``, further seeds from
-``bench/results_seed.sh``) and ``runs/results_logs/walltimes.txt``; prints one markdown row per
-setting and seed, the published figures marked as published.
+One row per setting: each arm's mean and spread (sample standard deviation) over the recorded
+seeds, the per-run accuracies with their 95% intervals over the 600 test tasks, the searched
+architectures' parameters beside Conv-4's, and the published figures, marked as published.
 """
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from lightning_metanas.search_space import Architecture  # noqa: E402
 
 SETTINGS = {  # setting: (label, MAML published, T-NAS++ published)
     "5w1s": ("5-way 1-shot", "98.7", "99.55"),
@@ -26,57 +23,54 @@ SETTINGS = {  # setting: (label, MAML published, T-NAS++ published)
 }
 
 
-def newest(name: str) -> Path | None:
-    versions = sorted((ROOT / "runs" / name).glob("version_*/test_result.json"), key=lambda p: p.stat().st_mtime)
-    return versions[-1] if versions else None
+def spread(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"**{100 * mean:.2f}** ± {100 * sd:.2f}"
 
 
-def walltimes() -> dict[str, int]:
-    path = ROOT / "runs" / "results_logs" / "walltimes.txt"
-    times = {}
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        parts = line.split()
-        if len(parts) == 4 and parts[2] == "rc=0":
-            times[f"{parts[0]}_{parts[1]}"] = int(parts[3].split("=")[1])
-    return times
-
-
-def main() -> int:
-    times = walltimes()
-    print("| setting | searched architecture (this project) | Conv-4 (this project) | MAML (**published**) | T-NAS++ (**published**) |")
-    print("| --- | --- | --- | --- | --- |")
+def main(argv: list[str]) -> int:
+    path = Path(argv[0]) if argv else ROOT / "bench/results/omniglot.json"
+    entries = json.loads(path.read_text()) if path.is_file() else []
+    print("| setting | seeds | searched: mean ± sd over seeds | Conv-4: mean ± sd over seeds | searched − Conv-4 | "
+          "per seed, searched / Conv-4 (± 95% interval) | MAML (**published**) | T-NAS++ (**published**) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     notes = []
     for setting, (label, maml, tnas) in SETTINGS.items():
-        further = sorted({p.name.rsplit("_", 1)[1] for p in (ROOT / "runs").glob(f"results_{setting}_*_seed*")})
-        for suffix in ["", *(f"_{s}" for s in further)]:
-            cells = []
-            for arm in ("search", "conv4"):
-                result = newest(f"results_{setting}_{arm}{suffix}")
-                if result is None:
-                    cells.append("not run")
-                    continue
-                r = json.loads(result.read_text())
-                wall = times.get(f"{setting}_{arm}{suffix}")
-                minutes = f", {wall / 60:.0f} min" if wall else ""
-                cells.append(f"{100 * r['acc']:.2f} ± {100 * r['acc_ci95']:.2f}{minutes}")
-                seed_label = f" (seed {suffix[5:]})" if suffix else ""
-                notes.append(f"- {label}{seed_label}, {arm}: `{Architecture.of(r['arch'])}`, {r['tasks']} test tasks, {result.parent.relative_to(ROOT)}")
-            seed = f" (seed {suffix[5:]})" if suffix else " (seed 0)"
-            published = (maml, tnas) if not suffix else ("", "")
-            print(f"| {label}{seed} | {cells[0]} | {cells[1]} | {published[0]} | {published[1]} |")
-    print()
-    print("\n".join(notes))
-    alone = [(label, newest(f"results_{setting}_alone")) for setting, (label, _, _) in SETTINGS.items()]
-    if any(result for _, result in alone):
-        print("\nThe searched architecture meta-trained alone (train_arch=best_arch.json), same budget:\n")
-        print("| setting | searched architecture alone | run |")
-        print("| --- | --- | --- |")
-        for label, result in alone:
-            if result is not None:
-                r = json.loads(result.read_text())
-                print(f"| {label} | {100 * r['acc']:.2f} ± {100 * r['acc_ci95']:.2f} | {result.parent.relative_to(ROOT)} |")
+        runs = {(e["arm"], e["seed"]): e for e in entries if e["setting"] == setting}
+        seeds = sorted({seed for (_, seed) in runs})
+        both = [s for s in seeds if ("search", s) in runs and ("conv4", s) in runs]
+        if not seeds:
+            continue
+        search = [runs["search", s]["acc"] for s in seeds if ("search", s) in runs]
+        conv4 = [runs["conv4", s]["acc"] for s in seeds if ("conv4", s) in runs]
+        gap = [runs["search", s]["acc"] - runs["conv4", s]["acc"] for s in both]
+        per_seed = ", ".join(
+            f"{s}: " + " / ".join(
+                f"{100 * runs[arm, s]['acc']:.2f} ± {100 * runs[arm, s]['ci95']:.2f}" if (arm, s) in runs else "—"
+                for arm in ("search", "conv4"))
+            for s in seeds)
+        print(f"| {label} | {', '.join(map(str, seeds))} | {spread(search) if search else '—'} | "
+              f"{spread(conv4) if conv4 else '—'} | {f'{100 * statistics.fmean(gap):+.2f}' if gap else '—'} | "
+              f"{per_seed} | {maml} | {tnas} |")
+        for s in seeds:
+            if ("search", s) in runs:
+                e = runs["search", s]
+                notes.append(f"- {label}, seed {s}: `{e['label']}` ({e['params'] / 1000:.0f}k parameters, "
+                             f"{e['flops'] / 1e6:.1f} MFLOPs; Conv-4: {runs['conv4', s]['params'] / 1000:.0f}k, "
+                             f"{runs['conv4', s]['flops'] / 1e6:.1f})" if ("conv4", s) in runs else
+                             f"- {label}, seed {s}: `{e['label']}` ({e['params'] / 1000:.0f}k parameters)")
+    if notes:
+        print("\nSearched architectures:\n")
+        print("\n".join(notes))
+    minutes = {}
+    for e in entries:
+        minutes.setdefault((e["setting"], e["arm"]), []).append(e["seconds"] / 60)
+    if minutes:
+        print("\nMedian wall time per run (minutes, two runs side by side on 2 cores): " + ", ".join(
+            f"{setting} {arm} {statistics.median(m):.0f}" for (setting, arm), m in sorted(minutes.items())))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
