@@ -3,6 +3,7 @@
 
     python adapt.py --ckpt_path runs/search_quick/version_0/checkpoints/last.ckpt --data_root my_task/
     python adapt.py --ckpt_path ... --data_root my_task/ --warm_start false   # the comparison
+    python adapt.py --ckpt_path ... --data_root my_task/ --accelerator cpu    # CPU even with a GPU
     python adapt.py --help                                                    # every setting
 
 ``--data_root`` holds one folder per class, ``my_task/<class>/<image>`` (PNG, JPEG, BMP, GIF;
@@ -17,6 +18,10 @@ any number of classes, at least 2 images each). Each class is split into train a
    meta-weights, a random initial population and no predictor.
 2. the best architecture is fine-tuned from the meta-weights on the whole train split and its
    validation accuracy reported, with the wall time of both phases.
+
+``--accelerator`` is ``auto`` by default, as for ``train.py`` and ``eval.py`` (Lightning's
+default): the first CUDA device when there is one, else the CPU; ``cpu`` or ``gpu``/``cuda``
+choose. On CUDA the scorings run their tasks vectorised (see ``lightning_metanas/maml.py``).
 
 Prints one line, ``adapt: warm-start search of N scorings in Xs, fine-tune in Ys: validation
 accuracy Z% on C classes (n_val images), architecture <arch>``, and with ``--out`` writes the
@@ -57,9 +62,25 @@ def parse(args: Optional[list[str]] = None):
     parser.add_argument("--val_fraction", type=float, default=0.25,
                         help="Share of each class held out for the final validation accuracy.")
     parser.add_argument("--out", type=Optional[str], default=None, help="Write the result as JSON here.")
+    parser.add_argument("--accelerator", type=str, default="auto",
+                        help="auto (a CUDA GPU when there is one, else the CPU), cpu, or gpu/cuda.")
     # every field of AdaptConfig is a flag of the same name, with its type and its docstring
     parser.add_class_arguments(AdaptConfig, None, instantiate=False)
     return parser.parse_args(args)
+
+
+def accelerator_device(accelerator: str) -> torch.device:
+    """``--accelerator`` as a device: ``auto`` takes CUDA when it is available."""
+    name = accelerator.lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise SettingsError(f"--accelerator {accelerator}: no CUDA device is available here; use --accelerator cpu")
+        return torch.device("cuda")
+    raise SettingsError(f"--accelerator must be auto, cpu, gpu or cuda, got {accelerator!r}")
 
 
 def main(args: Optional[list[str]] = None) -> dict:
@@ -87,9 +108,10 @@ def main(args: Optional[list[str]] = None) -> dict:
                                mean=normalization.get("mean"), std=normalization.get("std"))
     train, val = split_image_folder(images, cli.val_fraction, seed=config.seed)
 
+    device = accelerator_device(cli.accelerator)
     torch.manual_seed(config.seed)
     model = MetaNASModule.load_from_checkpoint(cli.ckpt_path, map_location="cpu", weights_only=True)
-    result = adapt(model.supernet, model.meta, train, val, config, search_state(checkpoint))
+    result = adapt(model.supernet.to(device), model.meta, train, val, config, search_state(checkpoint))
 
     mode = "warm-start" if config.warm_start else "from-scratch"
     print(
@@ -118,6 +140,7 @@ def main(args: Optional[list[str]] = None) -> dict:
         "image_size": image_size,
         "channels": channels,
         "invert": invert,
+        "device": str(device),
         "normalization": normalization or None,
         "settings": settings,
         "ckpt_path": cli.ckpt_path,

@@ -10,7 +10,9 @@ What it checks, and when:
   gradient clipping): the recorded losses and every parameter gradient must be finite, or it
   raises ``NonFiniteLossError`` naming the global step and the architectures of that step. The
   optimiser step is not taken. Under DDP the verdict is reduced over ranks first, so that all
-  ranks stop together instead of leaving one waiting in a collective;
+  ranks stop together instead of leaving one waiting in a collective. The check is one flag per
+  tensor computed on the device and read back once: one host synchronisation per step (on a
+  GPU, reading each gradient's verdict would stall the stream once per parameter);
 * ``on_save_checkpoint`` (while a checkpoint is assembled, before anything is written): every
   floating tensor of the state dict must be finite, else it raises and the file is not written.
   This covers what the first check cannot see (a weight or a BatchNorm statistic that overflowed
@@ -50,9 +52,29 @@ def _describe_architectures(archs: Sequence[Any]) -> str:
     return ", ".join(f"{name} (x{n})" if n > 1 else name for name, n in counts.items())
 
 
-def _non_finite_names(named: Sequence[tuple[str, torch.Tensor]], limit: int = 5) -> list[str]:
-    bad = [name for name, t in named if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+def _finite_flags(tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """One boolean per tensor on ``device``, True where every element is finite (integer
+    tensors are), computed without reading anything back to the host."""
+    flags = [
+        (torch.isfinite(t).all() if t.is_floating_point() else torch.ones((), dtype=torch.bool, device=t.device))
+        for t in tensors
+    ]
+    return torch.stack([f.to(device) for f in flags]) if flags else torch.ones(0, dtype=torch.bool, device=device)
+
+
+def _names_where_false(names: Sequence[str], flags: Sequence[bool], limit: int = 5) -> list[str]:
+    bad = [name for name, ok in zip(names, flags) if not ok]
     return bad if len(bad) <= limit else bad[:limit] + [f"... ({len(bad)} in all)"]
+
+
+def _non_finite_names(named: Sequence[tuple[str, torch.Tensor]], limit: int = 5) -> list[str]:
+    """The names of the tensors holding a NaN or an infinity (at most ``limit``, then a count),
+    with one host synchronisation."""
+    named = [(n, t) for n, t in named if t.is_floating_point()]
+    if not named:
+        return []
+    flags = _finite_flags([t for _, t in named], named[0][1].device)
+    return [] if bool(flags.all()) else _names_where_false([n for n, _ in named], flags.tolist(), limit)
 
 
 class FiniteLossGuard(Callback):
@@ -78,18 +100,16 @@ class FiniteLossGuard(Callback):
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         losses, self._losses = self._losses, []
-        loss_ok = all(bool(torch.isfinite(loss).all()) for loss in losses)
-        bad_grads: list[str] = []
-        if self.check_gradients:
-            bad_grads = _non_finite_names(
-                [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
-            )
-        ok = loss_ok and not bad_grads
+        grads = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None] if self.check_gradients else []
+        flags = _finite_flags(losses + [g for _, g in grads], pl_module.device)  # nothing read yet
+        bad = (~flags).sum().float()
         if trainer.world_size > 1:  # every rank must stop, or the others wait in a collective
-            flag = torch.tensor(0.0 if ok else 1.0, device=pl_module.device)
-            ok = float(trainer.strategy.reduce(flag, reduce_op="sum")) == 0.0
-        if ok:
+            bad = trainer.strategy.reduce(bad, reduce_op="sum")
+        if float(bad) == 0.0:  # the one host synchronisation of a good step
             return
+        verdicts = flags.tolist()
+        loss_ok = all(verdicts[: len(losses)])
+        bad_grads = _names_where_false([n for n, _ in grads], verdicts[len(losses):])
         step = trainer.global_step
         archs = list(getattr(pl_module, "last_step_archs", None) or [])
         if not loss_ok:

@@ -58,7 +58,6 @@ from torch import nn
 from lightning_metanas.data.omniglot import LabelledImages
 from lightning_metanas.errors import SettingsError, require_int, require_positive
 from lightning_metanas.evolution import EvolutionarySearch, EvolutionConfig
-from lightning_metanas.functional import channels_last
 from lightning_metanas.maml import Batch, MetaConfig, TaskAdapter
 from lightning_metanas.predictor import PerformancePredictor
 from lightning_metanas.scoring import Tasks, score_architectures
@@ -318,8 +317,8 @@ def search_architecture(
 
 # -- fine-tuning and measuring -----------------------------------------------------------
 def minibatches(x: torch.Tensor, y: torch.Tensor, steps: int, batch_size: int, seed: int = 0) -> Iterator[Batch]:
-    """``steps`` mini-batches of ``min(batch_size, len(y))`` images (channels-last) drawn from
-    seeded permutations of ``(x, y)``, one permutation after the other."""
+    """``steps`` mini-batches of ``min(batch_size, len(y))`` images drawn from seeded
+    permutations of ``(x, y)``, one permutation after the other."""
     generator = torch.Generator().manual_seed(seed)
     size = min(batch_size, len(y))
     stream = torch.empty(0, dtype=torch.long)
@@ -327,7 +326,7 @@ def minibatches(x: torch.Tensor, y: torch.Tensor, steps: int, batch_size: int, s
         while len(stream) < size:
             stream = torch.cat([stream, torch.randperm(len(y), generator=generator)])
         index, stream = stream[:size], stream[size:]
-        yield channels_last(x[index]), y[index]
+        yield x[index], y[index]
 
 
 def finetune(
@@ -346,7 +345,8 @@ def finetune(
         opt.step()
         return theta
 
-    path = adapter.adapt(arch, minibatches(x, y, steps, batch_size, seed), params, update=step)
+    batches = ((adapter.images(bx), by) for bx, by in minibatches(x, y, steps, batch_size, seed))
+    path = adapter.adapt(arch, batches, params, update=step)
     return [p.detach() for p in path[-1]]
 
 
@@ -360,7 +360,7 @@ def accuracy(
     forward = adapter.subnet(arch)[0]
     correct = 0
     for start in range(0, len(y), chunk):
-        logits = forward(params, channels_last(x[start : start + chunk]))
+        logits = forward(params, adapter.images(x[start : start + chunk]))
         correct += int((logits.argmax(-1) == y[start : start + chunk]).sum())
     return correct / len(y)
 
@@ -389,7 +389,7 @@ def adapt(
     device = net.head_weight.device
     train = LabelledImages(train.images.to(device), train.labels.to(device), train.class_names)
     val = LabelledImages(val.images.to(device), val.labels.to(device), val.class_names)
-    adapter = TaskAdapter(net, meta.inner_lr)
+    adapter = TaskAdapter.from_config(net, meta)
     tasks = scoring_tasks(train, config.score_tasks, config.score_shots, config.score_queries, config.seed)
     outcome = search_architecture(
         adapter, supernet.space, tasks, config.score_steps or meta.eval_inner_steps, evolution,

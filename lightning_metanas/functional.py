@@ -3,8 +3,9 @@ calls, so that parameters the subnet does not use never enter a graph.
 
 ``UsedParameters`` finds those parameters once per architecture (``SuperNet.parameters_of``
 walks the whole SuperNet) and ``subnet_function`` calls the SuperNet with them through
-``torch.func.functional_call``. ``channels_last`` is the memory layout the inner loops give
-their images.
+``torch.func.functional_call``, for one task or, vectorised with ``torch.func.vmap``, for a
+stack of tasks each with its own weights. ``channels_last`` is the memory layout the inner
+loops give their images on CPU.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Callable, Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
 from lightning_metanas.search_space import Architecture
 from lightning_metanas.supernet import SuperNet
@@ -69,11 +70,15 @@ class UsedParameters:
         return [n for n, _, _ in slots], [m._parameters[a] for _, m, a in slots]
 
 
-def subnet_function(supernet: SuperNet, arch: Architecture, names: Sequence[str]) -> SubnetFunction:
+def subnet_function(supernet: SuperNet, arch: Architecture, names: Sequence[str], tasks: bool = False) -> SubnetFunction:
     """``arch``'s logits as a function of the tensors standing for the parameters ``names``.
 
     ``functional_call`` swaps those tensors into ``supernet`` for the call, so concurrent
-    callers each need their own structural copy of it (``parallel.TaskThreads.module``)."""
+    callers each need their own structural copy of it (``parallel.TaskThreads.module``).
+    ``tasks``: every parameter and the images carry a leading task axis (``[tasks, ...]``,
+    ``[tasks, N, C, H, W]``) and each task runs with its own parameters, logits
+    ``[tasks, N, ways]``: ``torch.func.vmap`` over tasks, which turns the convolutions into
+    grouped ones and computes BatchNorm's batch statistics per task."""
 
     def forward(params: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         # strict=False: the parameters the subnet does not use stay the module's own and are
@@ -81,4 +86,4 @@ def subnet_function(supernet: SuperNet, arch: Architecture, names: Sequence[str]
         # every SuperNet parameter (measured: it tripled functional_call's cost).
         return functional_call(supernet, dict(zip(names, params)), (x, arch), strict=False, tie_weights=False)
 
-    return forward
+    return vmap(forward) if tasks else forward

@@ -14,7 +14,7 @@ from typing import Optional
 import pytorch_lightning as pl
 import torch
 
-from lightning_metanas.errors import SettingsError
+from lightning_metanas.errors import SettingsError, require_int
 from lightning_metanas.maml import MetaConfig, TaskAdapter
 from lightning_metanas.metrics import TaskAccuracy
 from lightning_metanas.samplers import SAMPLING_RULES, ArchitectureSampler, FixedSampler, SamplingRule, UniformSampler
@@ -45,6 +45,11 @@ class MetaNASModule(pl.LightningModule):
             architecture is trained: ``uniform``, ``fair`` or ``sandwich`` (see
             ``lightning_metanas.samplers``); the search's share of draws from the space uses
             it too.
+        tasks_per_arch: meta-training tasks that share one sampled architecture (consecutive
+            tasks of a meta-batch); 1: an architecture per task. Tasks that share an
+            architecture run as one vectorised batch where ``meta.vectorize`` is on (on CUDA by
+            default), so a larger value speeds up a search's meta-training on a GPU, at the
+            cost of fewer distinct architectures per step.
     """
 
     def __init__(
@@ -58,6 +63,7 @@ class MetaNASModule(pl.LightningModule):
         eval_arch: Optional[str] = None,
         seed: int = 0,
         sampling: SamplingRule = "uniform",
+        tasks_per_arch: int = 1,
     ) -> None:
         super().__init__()
         search_space = _as_settings(SearchSpace, search_space)
@@ -66,6 +72,7 @@ class MetaNASModule(pl.LightningModule):
             raise SettingsError(f"model.ways (data.ways) must be >= 2, got {ways}")
         if sampling not in SAMPLING_RULES:
             raise SettingsError(f"model.sampling must be one of {list(SAMPLING_RULES)}, got {sampling!r}")
+        require_int("model.tasks_per_arch", tasks_per_arch, 1)
         self.save_hyperparameters(
             {
                 "ways": ways,
@@ -77,11 +84,13 @@ class MetaNASModule(pl.LightningModule):
                 "eval_arch": eval_arch,
                 "seed": seed,
                 "sampling": sampling,
+                "tasks_per_arch": tasks_per_arch,
             }
         )
         self.space, self.meta, self.sampling = search_space, meta, sampling
+        self.tasks_per_arch = tasks_per_arch
         self.supernet = SuperNet(search_space, ways, image_channels)
-        self.adapter = TaskAdapter(self.supernet, meta.inner_lr)
+        self.adapter = TaskAdapter.from_config(self.supernet, meta)
         self.sampler: ArchitectureSampler = self._initial_sampler(train_arch)
         self.eval_arch = self.load_architecture(eval_arch) if eval_arch else None
         self.val_accuracy = TaskAccuracy()
@@ -116,17 +125,22 @@ class MetaNASModule(pl.LightningModule):
         would have, with no generator state to checkpoint."""
         return random.Random(f"{self.hparams.seed}/{self.global_rank}/{self.global_step}")
 
+    def step_architectures(self, tasks: int) -> list[Architecture]:
+        """An architecture per task of this step: ``tasks_per_arch`` consecutive tasks share
+        each of the sampler's draws for ``ceil(tasks / tasks_per_arch)`` tasks (``step_rng``)."""
+        share = self.tasks_per_arch
+        draws = self.sampler.sample_batch(self.step_rng(), -(-tasks // share))
+        return [draws[t // share] for t in range(tasks)]
+
     # -- meta-training -------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         """One meta-batch: the adapter computes every task's meta-gradient explicitly (each
         task's graph is freed when its gradient is taken; on CPU, tasks run on worker threads)
-        and sums them; the step returns a surrogate of the mean query loss whose value is that
-        loss and whose gradient w.r.t. the SuperNet is the mean meta-gradient, so Lightning's
+        and sums them (tasks that share an architecture vectorised, where that is on); the step
+        returns a surrogate of the mean query loss whose value is that loss and whose gradient w.r.t. the SuperNet is the mean meta-gradient, so Lightning's
         one ``backward()`` per meta-batch (and DDP's gradient averaging in it) applies it."""
-        support_x, support_y, query_x, query_y = batch
-        batch_size = support_x.shape[0]
-        rng = self.step_rng()
-        archs = self.last_step_archs = self.sampler.sample_batch(rng, batch_size)
+        batch_size = batch[0].shape[0]
+        archs = self.last_step_archs = self.step_architectures(batch_size)
         result = self.adapter.meta_batch_gradient(
             archs,
             batch,
@@ -144,18 +158,8 @@ class MetaNASModule(pl.LightningModule):
 
     # -- evaluation ----------------------------------------------------------------------
     def _evaluate_batch(self, batch, metric: TaskAccuracy) -> None:
-        support_x, support_y, query_x, query_y = batch
         arch = self.evaluated_architecture()
-        accuracies = [
-            self.adapter.evaluate(
-                arch,
-                (support_x[t], support_y[t]),
-                (query_x[t], query_y[t]),
-                steps=self.meta.eval_inner_steps,
-            ).accuracy
-            for t in range(support_x.shape[0])
-        ]
-        metric.update(torch.stack(accuracies))
+        metric.update(self.adapter.evaluate_tasks(arch, batch, steps=self.meta.eval_inner_steps).accuracy)
 
     def _log_accuracy(self, split: str, metric: TaskAccuracy) -> None:
         result = metric.compute()  # already reduced over DDP ranks by the metric itself

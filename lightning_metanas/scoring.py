@@ -5,10 +5,10 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from lightning_metanas.maml import TaskAdapter
+from lightning_metanas.maml import TaskAdapter, Tasks
 from lightning_metanas.search_space import Architecture
 
-Tasks = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # leading task axis
+__all__ = ["Tasks", "score_architectures", "stack_tasks"]
 
 
 def stack_tasks(tasks: Sequence[Sequence[torch.Tensor]]) -> Tasks:
@@ -24,17 +24,11 @@ def score_architectures(
     progress: Optional[Callable[[int], None]] = None,
 ) -> list[float]:
     """Mean query accuracy of each architecture after ``steps`` adaptation steps on every
-    task. Deterministic (no sampling), so a score computed on any DDP rank is the same."""
-    support_x, support_y, query_x, query_y = tasks
+    task (``TaskAdapter.evaluate_tasks``: vectorised where the adapter is). Deterministic (no
+    sampling), so a score computed on any DDP rank is the same."""
     scores = []
     for arch in archs:
-        accuracies = [
-            adapter.evaluate(
-                arch, (support_x[t], support_y[t]), (query_x[t], query_y[t]), steps
-            ).accuracy
-            for t in range(support_x.shape[0])
-        ]
-        scores.append(float(torch.stack(accuracies).mean()))
+        scores.append(float(adapter.evaluate_tasks(arch, tasks, steps).accuracy.mean()))
         if progress is not None:
             progress(1)
     return scores

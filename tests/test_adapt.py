@@ -239,6 +239,18 @@ def test_cli_input_errors_are_one_line(tmp_path, capsys):
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, (message, err)
 
 
+def test_accelerator_flag():
+    """``--accelerator``: ``auto`` takes CUDA where there is one; asking for a GPU where torch
+    sees none is a one-line error."""
+    assert adapt_cli.accelerator_device("cpu") == torch.device("cpu")
+    assert adapt_cli.accelerator_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(SettingsError, match="--accelerator gpu: no CUDA device is available here"):
+            adapt_cli.accelerator_device("gpu")
+    with pytest.raises(SettingsError, match="--accelerator must be auto, cpu, gpu or cuda, got 'tpu'"):
+        adapt_cli.accelerator_device("tpu")
+
+
 @pytest.mark.slow
 def test_adapt_py_exits_2_with_one_line(tmp_path):
     """The same, as a user runs it: a subprocess, exit status 2, one line, no traceback."""
