@@ -38,7 +38,7 @@ from lightning_metanas.checkpoints import data_settings, read_checkpoint  # noqa
 from lightning_metanas.data import EpisodicDataModule  # noqa: E402
 from lightning_metanas.module import MetaNASModule  # noqa: E402
 from lightning_metanas.ranking import rank_agreement  # noqa: E402
-from lightning_metanas.scoring import score_architectures, stack_tasks  # noqa: E402
+from lightning_metanas.scoring import score_architectures, size_weighted, stack_tasks  # noqa: E402
 from lightning_metanas.evolution import EvolutionConfig  # noqa: E402
 from lightning_metanas.predictor import PredictorConfig  # noqa: E402
 from lightning_metanas.search_space import Architecture  # noqa: E402
@@ -55,13 +55,16 @@ TRAININGS: dict[str, list[str]] = {
     "fair": ["--model.sampling=fair"],
     "sandwich": ["--model.sampling=sandwich"],
 }
-# method: (training, scoring tasks, query images per class in a scoring task; None: the data's)
-METHODS: dict[str, tuple[str, int, Optional[int]]] = {
-    "search_v0": ("search_v0", 20, None),  # the search's own scoring: 20 tasks x 1 query
-    "uniform": ("uniform", 20, None),
-    "uniform_t100q5": ("uniform", 100, 5),
-    "fair_t100q5": ("fair", 100, 5),
-    "sandwich_t100q5": ("sandwich", 100, 5),
+# method: (training, scoring tasks, query images per class in a scoring task (None: the
+# data's), search.size_prior)
+METHODS: dict[str, tuple[str, int, Optional[int], float]] = {
+    "search_v0": ("search_v0", 20, None, 0.0),  # the search's own scoring: 20 tasks x 1 query
+    "uniform": ("uniform", 20, None, 0.0),
+    "uniform_t100q5": ("uniform", 100, 5, 0.0),
+    "fair_t100q5": ("fair", 100, 5, 0.0),
+    "sandwich_t100q5": ("sandwich", 100, 5, 0.0),
+    "sandwich_t100q5_size0.1": ("sandwich", 100, 5, 0.1),
+    "fair_t100q5_size0.1": ("fair", 100, 5, 0.1),
 }
 
 
@@ -101,22 +104,35 @@ def scoring_tasks(checkpoint: dict, count: int, queries: Optional[int], redraw: 
     return stack_tasks([dataset[i] for i in range(redraw * count, (redraw + 1) * count)])
 
 
-def score(ckpt: Path, archs: list[Architecture], count: int, queries: Optional[int], redraws: int) -> list[list[float]]:
+def weighted(model: MetaNASModule, size_prior: float, score):
+    """``score`` (architectures -> accuracies) with the search's size prior applied."""
+    largest = model.supernet.largest_num_parameters()
+
+    def scored(archs: list[Architecture]) -> list[float]:
+        return [size_weighted(s, model.supernet.num_parameters(a), largest, size_prior)
+                for a, s in zip(archs, score(archs))]
+    return scored
+
+
+def score(ckpt: Path, archs: list[Architecture], count: int, queries: Optional[int], redraws: int,
+          size_prior: float) -> list[list[float]]:
     """``scores[r][i]``: architecture ``i`` scored on redraw ``r`` of the scoring tasks."""
     checkpoint = read_checkpoint(ckpt)
     model = MetaNASModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     steps = model.meta.eval_inner_steps
     return [
-        score_architectures(model.adapter, archs, scoring_tasks(checkpoint, count, queries, r), steps)
+        weighted(model, size_prior, lambda a, r=r: score_architectures(
+            model.adapter, a, scoring_tasks(checkpoint, count, queries, r), steps))(archs)
         for r in range(redraws)
     ]
 
 
-def search_picks(ckpt: Path, count: int, queries: Optional[int], seeds: list[int], generations: int) -> list[dict]:
+def search_picks(ckpt: Path, count: int, queries: Optional[int], size_prior: float, seeds: list[int],
+                 generations: int) -> list[dict]:
     """What the evolutionary search (the settings of ``configs/results/search.yaml``) picks on
     this SuperNet with this scoring, weights fixed, one search per seed."""
     model = MetaNASModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
-    scorer = CachedScorer(model, scoring_tasks(read_checkpoint(ckpt), count, queries, 0))
+    scorer = weighted(model, size_prior, CachedScorer(model, scoring_tasks(read_checkpoint(ckpt), count, queries, 0)))
     config = EvolutionConfig(population_size=8, offspring=4, pool_size=16, rescore_population=False,
                              tasks_per_score=count, predictor=PredictorConfig(min_archive=16))
     picks = []
@@ -191,12 +207,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             if out.is_file():
                 plot(json.loads(out.read_text()), truth, out.with_suffix(".png"))
             continue
-        training, count, queries = METHODS[method]
+        training, count, queries, size_prior = METHODS[method]
         ckpt = Path(args.ckpt_path) if args.ckpt_path else train(training, TRAININGS[training], Path(args.runs))
         if args.train_only:
             continue
         start = time.time()
-        scores = score(ckpt, archs, count, queries, args.redraws)
+        scores = score(ckpt, archs, count, queries, args.redraws, size_prior)
         seconds = time.time() - start
         search_scores = scores[0]  # what the search would see
         acc = [truth[a]["acc"] for a in archs]
@@ -213,6 +229,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "architectures": len(archs),
             "score_tasks": count,
             "score_queries": queries,
+            "size_prior": size_prior,
             "noise": {
                 "redraws": args.redraws,
                 "score_sd_over_redraws": statistics.fmean(per_arch_sd),
@@ -231,7 +248,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             "machine": cpu_model(),
         }
         if args.search_seeds:
-            picks = search_picks(ckpt, count, queries, args.search_seeds, args.generations)
+            picks = search_picks(ckpt, count, queries, size_prior, args.search_seeds, args.generations)
             accs = [truth[a]["acc"] for a in archs]
             for pick in picks:
                 known = known_accs.get(Architecture.from_dict(pick["arch"]))

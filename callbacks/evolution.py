@@ -25,7 +25,7 @@ from pytorch_lightning.callbacks import Callback
 from callbacks.progress import scoring_progress
 from lightning_metanas.evolution import EvolutionarySearch, EvolutionConfig, GenerationRecord
 from lightning_metanas.samplers import FixedSampler, PopulationSampler
-from lightning_metanas.scoring import Tasks, score_architectures, stack_tasks
+from lightning_metanas.scoring import Tasks, score_architectures, size_weighted, stack_tasks
 from lightning_metanas.search_files import scored_record, write_search_files
 from lightning_metanas.search_space import Architecture
 
@@ -113,7 +113,11 @@ class EvolutionCallback(Callback):
         fresh = [a for a in archs if a not in self._cache]
         self._cache.update(zip(fresh, self._score_fresh(trainer, pl_module, fresh)))
         self.real_scorings = len(fresh)
-        return [self._cache[a] for a in archs]
+        if self.config.size_prior == 0:
+            return [self._cache[a] for a in archs]
+        largest = pl_module.supernet.largest_num_parameters()
+        return [size_weighted(self._cache[a], self._size(pl_module, a)[0], largest, self.config.size_prior)
+                for a in archs]
 
     def _score_fresh(self, trainer: pl.Trainer, pl_module: pl.LightningModule, archs: list[Architecture]) -> list[float]:
         if not archs:

@@ -42,6 +42,10 @@ class EvolutionConfig:
         score_queries: query images per class in each scoring task (``None``: as many as the
             data's ``queries``). Scoring costs forward passes, not meta-training budget, and
             more queries lower the noise of a score (``bench/ranking.py`` measures it).
+        size_prior: strength of the prior for larger subnets: an architecture's score is its
+            mean query accuracy times (its parameters / the space's largest subnet's) to this
+            power (``scoring.size_weighted``; 0: accuracy alone). Every score the search keeps,
+            logs and plots is this one.
         warmup_epochs: epochs the SuperNet is meta-trained under ``model.sampling`` before
             the first generation, so that the first scores rank architectures on trained
             weights rather than on the initialisation.
@@ -69,6 +73,7 @@ class EvolutionConfig:
     mutation_prob: float = 0.2
     tasks_per_score: int = 20
     score_queries: Optional[int] = None
+    size_prior: float = 0.0
     warmup_epochs: int = 0
     rescore_population: bool = True
     uniform_share: float = 0.25
@@ -111,6 +116,7 @@ class EvolutionConfig:
             self.score_queries is None or self.score_queries >= 1,
             f"score_queries must be >= 1 or null (the data's queries), got {self.score_queries}",
         )
+        need(self.size_prior >= 0.0, f"size_prior must be >= 0 (0: no prior), got {self.size_prior}")
         need(
             self.generations is None or self.generations >= 1,
             f"generations must be >= 1 or null (evolve until the end), got {self.generations}",

@@ -67,6 +67,12 @@ class SuperNet(nn.Module):
             c_in = width
         return count + self.ways * c_in + self.ways
 
+    def largest_num_parameters(self) -> int:
+        """Parameters of the largest single-op subnet of the space (every layer the widest of
+        one op, at the greatest depth): the unit of ``search.size_prior``."""
+        depth, width = self.space.max_depth, self.space.max_width
+        return max(self.num_parameters(Architecture((op,) * depth, (width,) * depth)) for op in self.space.ops)
+
     def flops(self, arch: Architecture, image_size: int) -> int:
         """Multiply-accumulates of one forward pass of one image through the subnet."""
         total, c_in, size = 0, self.in_channels, image_size
