@@ -83,3 +83,82 @@ def test_architectures_scored_at_the_same_step_are_not_scored_again():
     trainer.global_step = 6  # the weights moved: everything is scored again
     callback.score(trainer, module, [a, b])
     assert callback.real_scorings == 2
+
+
+def test_size_weighted_discounts_by_the_share_of_the_largest_subnet():
+    from lightning_metanas.scoring import size_weighted
+
+    assert size_weighted(0.8, 100, 400, 0.5) == 0.4  # 0.8 * (1/4) ** 0.5
+    assert size_weighted(0.8, 400, 400, 0.1) == 0.8  # the largest subnet keeps its accuracy
+    assert size_weighted(0.7, 3, 400, 0.0) == 0.7  # no prior: the accuracy itself
+    small, big = size_weighted(0.9, 10_000, 500_000, 0.1), size_weighted(0.85, 300_000, 500_000, 0.1)
+    assert big > small  # 0.85 on a big net now beats 0.9 on a net 30x smaller
+
+
+def test_largest_subnet_is_the_widest_deepest_of_the_costliest_op():
+    from lightning_metanas.search_space import SearchSpace
+    from lightning_metanas.supernet import SuperNet
+    import random
+
+    space = SearchSpace()
+    supernet = SuperNet(space, ways=5)
+    largest = supernet.largest_num_parameters()
+    assert largest == supernet.num_parameters(Architecture(("conv5x5",) * 5, (64,) * 5))
+    rng = random.Random(0)
+    assert all(supernet.num_parameters(space.sample(rng)) <= largest for _ in range(200))
+
+
+def test_size_prior_scales_every_score_the_search_keeps():
+    from lightning_metanas.module import MetaNASModule
+    from lightning_metanas.scoring import size_weighted
+    from lightning_metanas.search_space import SearchSpace
+
+    data = _data()
+    space = SearchSpace(ops=("conv3x3", "skip"), widths=(8,), depths=(2,))
+    module = MetaNASModule(ways=3, image_size=14, search_space=space)
+    trainer = SimpleNamespace(datamodule=data, global_step=5, global_rank=0, world_size=1,
+                              is_global_zero=True, progress_bar_callback=None)
+    archs = [Architecture(ops, (8, 8)) for ops in (("conv3x3", "skip"), ("skip", "skip"), ("conv3x3", "conv3x3"))]
+    plain = EvolutionCallback(EvolutionConfig(tasks_per_score=3, population_size=2, tournament_size=2))
+    plain.setup(trainer, module, "fit")
+    accuracies = plain.score(trainer, module, archs)
+    prior = EvolutionCallback(EvolutionConfig(tasks_per_score=3, population_size=2, tournament_size=2,
+                                              size_prior=0.5))
+    prior.setup(trainer, module, "fit")
+    scores = prior.score(trainer, module, archs)
+    largest = module.supernet.largest_num_parameters()
+    assert largest == module.supernet.num_parameters(archs[2])
+    for arch, acc, score in zip(archs, accuracies, scores):
+        assert score == size_weighted(acc, module.supernet.num_parameters(arch), largest, 0.5)
+    assert scores[2] == accuracies[2] and scores[1] < accuracies[1]  # skip-only: a fraction of the params
+
+
+def test_negative_size_prior_is_refused():
+    import pytest
+    from lightning_metanas.evolution import EvolutionSettingsError
+
+    with pytest.raises(EvolutionSettingsError, match="search.size_prior must be >= 0"):
+        EvolutionConfig(size_prior=-0.1)
+
+
+def test_search_quick_default_warms_up_then_runs_every_generation_at_once_then_trains_the_best(tmp_path):
+    """configs/search_quick.yaml as shipped (sandwich warm-up, all generations at one epoch's
+    end, 5 query images per scoring task, size prior), on small synthetic data."""
+    run("train.py", "--config", "configs/search_quick.yaml", *SYNTHETIC, *logs(tmp_path, "quick"),
+        "--trainer.max_epochs=3", "--search.warmup_epochs=1", "--search.generations=3",
+        "--search.generations_per_epoch=3", "--search.tasks_per_score=4", "--search.score_queries=3",
+        "--search.population_size=4", "--search.offspring=2", "--search.pool_size=6",
+        "--search.tournament_size=2", "--search.predictor.min_archive=6")
+    run_dir = tmp_path / "quick" / "version_0"
+    history = json.loads((run_dir / "checkpoints" / "search_history.json").read_text())
+    assert [h["generation"] for h in history] == [0, 1, 2]
+    rows = [line.split(",") for line in (run_dir / "metrics.csv").read_text().splitlines()]
+    header = rows[0]
+    epochs_with_search = {r[header.index("epoch")] for r in rows[1:] if r[header.index("search/generation")]}
+    assert epochs_with_search == {"1"}  # after the warm-up epochs 0 and 1, never again
+    best = Architecture.from_dict(json.loads((run_dir / "checkpoints" / "best_arch.json").read_text()))
+    assert best == Architecture.from_dict(history[-1]["best_arch"])
+    from lightning_metanas.checkpoints import read_checkpoint
+
+    last = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")  # epoch 2: the best alone
+    assert Architecture.from_dict(last["evaluated_arch"]) == best

@@ -27,6 +27,11 @@ SEARCH = [
     "--search.tournament_size=2",
     "--search.tasks_per_score=4",
     "--search.predictor.min_archive=6",
+    # the co-adaptive mode (one generation per epoch, from the first) that these tests exercise;
+    # search_quick's own default (warm-up, then every generation at once) has its own test
+    "--search.warmup_epochs=0", "--search.generations_per_epoch=1", "--search.generations=null",
+    "--search.score_queries=null", "--search.size_prior=0", "--search.rescore_population=true",
+    "--model.sampling=uniform",
 ]
 
 
