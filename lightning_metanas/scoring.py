@@ -40,7 +40,7 @@ def size_weighted(score: float, params: int, largest: int, strength: float) -> f
     A SuperNet's score over-rates small subnets and parameter-free operations (pooling, skip)
     against stand-alone training: they adapt well on shared weights trained for everyone, but
     learn less when trained alone. Against the ground truth of ``bench/ground_truth`` this
-    discount lifts Kendall tau from 0.42-0.53 to 0.59-0.64 on every SuperNet measured, for
+    discount lifts Kendall tau from 0.42-0.56 to 0.59-0.70 on every SuperNet measured, for
     strengths 0.1-0.2 (BENCHMARKS.md, "Ranking fidelity"). ``strength`` 0 leaves the score as
     it is; the factor is at most 1 (``largest``: the space's largest subnet)."""
     if strength == 0:
