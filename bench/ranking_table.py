@@ -40,6 +40,21 @@ def within_depth_tau(scores: list[float], truth: list[float], depths: list[int])
     return total / pairs
 
 
+def known(truth_file: Path) -> dict[str, float]:
+    """Stand-alone accuracy by label of every architecture trained so far (the fixed set and
+    the searches' picks trained later, group ``extra``), read now rather than when the ranking
+    was scored."""
+    return {e["label"]: e["acc"] for e in json.loads(truth_file.read_text()) if e.get("seed", 0) == 0}
+
+
+def pick_cell(pick: dict, accs: dict[str, float], truth: list[float]) -> str:
+    """A search's pick: its stand-alone accuracy and the share of the ranked set above it."""
+    acc = accs.get(pick["label"])
+    if acc is None:
+        return f"`{pick['label']}`: not trained alone yet"
+    return f"`{pick['label']}`: {100 * acc:.2f} ({100 * sum(t > acc for t in truth) / len(truth):.0f}% above)"
+
+
 def row(name: str, scores: list[float], truth: list[float], depths: list[int], extra: list[str]) -> str:
     agreement = rank_agreement(scores, truth)
     return (f"| {name} | {agreement['kendall_tau']:.3f} | {agreement['spearman_rho']:.3f} | "
@@ -60,10 +75,8 @@ def main() -> int:
         truth = [e["stand_alone_acc"] for e in result["entries"]]
         depths = [len(e["arch"]["ops"]) for e in result["entries"]]
         noise = result["noise"]
-        picks = "; ".join(
-            f"`{p['label']}`: " + (f"{100 * p['stand_alone_acc']:.2f} ({100 * p['ground_truth_share_above']:.0f}%)"
-                                   if p["stand_alone_acc"] is not None else "not in GT")
-            for p in result.get("search_picks", []))
+        picks = "; ".join(pick_cell(p, known(ROOT / result["ground_truth"]), truth)
+                          for p in result.get("search_picks", []))
         print(row(f"`{result['method']}`", scores, truth, depths, [
             f"{100 * noise['score_sd_over_redraws']:.2f} / {100 * noise['score_sd_between_architectures']:.2f}",
             picks or "—"]))

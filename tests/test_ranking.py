@@ -42,3 +42,23 @@ def test_committed_tau_recomputes_from_the_committed_files(path):
     accs = [truth[Architecture.from_dict(e["arch"])] for e in ranking["entries"]]
     assert len(scores) == ranking["architectures"] >= 24
     assert kendall_tau(scores, accs) == pytest.approx(ranking["kendall_tau"], abs=1e-6)
+
+
+def test_ranking_table_reads_a_picks_accuracy_from_the_ground_truth_file_now(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from ranking_table import known, pick_cell
+
+    truth_file = tmp_path / "gt.json"
+    truth_file.write_text(json.dumps([
+        {"label": "conv3x3@32-skip@32-skip@32", "acc": 0.5, "seed": 0, "group": "stratified"},
+        {"label": "conv5x5@64-conv5x5@64-conv5x5@64", "acc": 0.9, "seed": 0, "group": "extra"},
+        {"label": "conv5x5@64-conv5x5@64-conv5x5@64", "acc": 0.1, "seed": 1, "group": "extra"},
+    ]))
+    accs = known(truth_file)
+    assert accs == {"conv3x3@32-skip@32-skip@32": 0.5, "conv5x5@64-conv5x5@64-conv5x5@64": 0.9}
+    truth = [0.95, 0.8, 0.5, 0.2]
+    assert pick_cell({"label": "conv5x5@64-conv5x5@64-conv5x5@64"}, accs, truth) == \
+        "`conv5x5@64-conv5x5@64-conv5x5@64`: 90.00 (25% above)"
+    assert pick_cell({"label": "skip@32-skip@32-skip@32"}, accs, truth).endswith("not trained alone yet")
