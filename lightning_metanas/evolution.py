@@ -293,7 +293,16 @@ class EvolutionarySearch:
         return record
 
     def best(self) -> Member:
-        return max(self.population, key=lambda m: m.score)
+        """The search's answer. With ``rescore_population`` the survivors' scores are the
+        current ones, so the population's best; without it no score is refreshed, and, as in
+        regularised evolution, the best architecture ever scored (aging may have retired it)."""
+        alive = max(self.population, key=lambda m: m.score)
+        if self.config.rescore_population or not self.archive:
+            return alive
+        arch = max(self.archive, key=self.archive.get)
+        if self.archive[arch] <= alive.score:
+            return alive
+        return Member(arch, self.archive[arch], born=-1, predicted=self.predicted.get(arch))
 
     def diversity(self) -> float:
         """Mean pairwise distance of the population's encodings, normalised to [0, 1]: 0 when

@@ -218,3 +218,24 @@ def test_callback_meta_trains_the_best_architecture_alone_once_the_search_is_ove
     trainer = SimpleNamespace(current_epoch=2)  # past warmup_epochs (default 0)
     callback.on_train_epoch_end(trainer=trainer, pl_module=module)  # no generation runs any more
     assert search.history == history and search.generation == 2
+
+
+def test_without_rescoring_the_answer_is_the_best_ever_scored_even_once_aging_retired_it():
+    # a score that falls with the generation: the first population holds the best ever
+    def falling(arch, search):
+        return toy_score(arch) - 0.2 * search.generation
+
+    for rescore in (False, True):
+        search = EvolutionarySearch(SPACE, EvolutionConfig(population_size=4, offspring=4, pool_size=4,
+                                                           selection="aging", rescore_population=rescore))
+        for _ in range(4):
+            archs = search.to_score(search.propose())
+            search.accept({a: falling(a, search) for a in archs})
+        alive_best = max(m.score for m in search.population)
+        if rescore:
+            assert search.best().score == alive_best  # current scores: the population decides
+        else:
+            top = max(search.archive, key=search.archive.get)
+            assert top not in {m.arch for m in search.population}  # aging retired it
+            assert search.best().arch == top and search.best().score == search.archive[top] > alive_best
+            assert [h.best_score for h in search.history] == sorted(h.best_score for h in search.history)
