@@ -47,7 +47,8 @@ def main(argv: list[str]) -> int:
         gap = [runs["search", s]["acc"] - runs["conv4", s]["acc"] for s in both]
         per_seed = ", ".join(
             f"{s}: " + " / ".join(
-                f"{100 * runs[arm, s]['acc']:.2f} ± {100 * runs[arm, s]['ci95']:.2f}" if (arm, s) in runs else "—"
+                f"{100 * runs[arm, s]['acc']:.2f} ± {100 * runs[arm, s]['ci95']:.2f}"
+                + ("†" if runs[arm, s].get("reproduced_from") else "") if (arm, s) in runs else "—"
                 for arm in ("search", "conv4"))
             for s in seeds)
         print(f"| {label} | {', '.join(map(str, seeds))} | {spread(search) if search else '—'} | "
@@ -63,8 +64,13 @@ def main(argv: list[str]) -> int:
     if notes:
         print("\nSearched architectures:\n")
         print("\n".join(notes))
+    reused = [e for e in entries if e.get("reproduced_from")]
+    if reused:
+        print(f"\n† not rerun: {reused[0]['reproduced_from']}.")
     minutes = {}
     for e in entries:
+        if e.get("seconds") is None:
+            continue
         minutes.setdefault((e["setting"], e["arm"]), []).append(e["seconds"] / 60)
     if minutes:
         print("\nMedian wall time per run (minutes, two runs side by side on 2 cores): " + ", ".join(

@@ -87,3 +87,24 @@ def test_results_bench_commands_come_from_the_config_headers(setting):
     assert "--model.train_arch=reference" in conv4 and "--model.train_arch=reference" not in search
     assert not any("logger.init_args.name" in f for f in conv4 + search)
     assert results.seed_flags(2, False) == ["--seed_everything=2", "--model.seed=2", "--data.seed=2"]
+
+
+def test_results_table_gives_mean_and_sd_over_seeds_and_marks_figures_not_rerun(tmp_path, capsys):
+    from bench import results_table
+
+    def entry(arm, seed, acc, **extra):
+        return {"setting": "5w1s", "arm": arm, "seed": seed, "acc": acc, "ci95": 0.01, "label": arm,
+                "params": 1000 if arm == "search" else 2000, "flops": 1e6, "seconds": 60.0, **extra}
+
+    path = tmp_path / "omniglot.json"
+    path.write_text(json.dumps([
+        entry("search", 0, 0.90), entry("search", 1, 0.94),
+        entry("conv4", 0, 0.89), entry("conv4", 1, 0.91, seconds=None, reproduced_from="an earlier table"),
+    ]))
+    assert results_table.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| 5-way 1-shot"))
+    assert "| 0, 1 | **92.00** ± 2.83 | **90.00** ± 1.41 | +2.00 |" in row  # sd: sample standard deviation
+    assert "1: 94.00 ± 1.00 / 91.00 ± 1.00†" in row and "0: 90.00 ± 1.00 / 89.00 ± 1.00," in row
+    assert "† not rerun: an earlier table." in out
+    assert "5w1s conv4 1, 5w1s search 1" in out  # the median wall time skips the figure not rerun
