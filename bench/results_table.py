@@ -25,8 +25,9 @@ SETTINGS = {  # setting: (label, MAML published, T-NAS++ published)
 
 def spread(values: list[float]) -> str:
     mean = statistics.fmean(values)
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"**{100 * mean:.2f}** ± {100 * sd:.2f}"
+    if len(values) == 1:
+        return f"**{100 * mean:.2f}** (1 seed)"  # no spread to show
+    return f"**{100 * mean:.2f}** ± {100 * statistics.stdev(values):.2f}"
 
 
 def main(argv: list[str]) -> int:
