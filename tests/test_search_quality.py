@@ -62,17 +62,22 @@ def test_unknown_sampling_rule_is_refused(tmp_path):
     assert proc.returncode != 0 and "sampling" in proc.stderr
 
 
-def test_architectures_scored_at_the_same_step_are_not_scored_again():
+def _scoring(**search):
+    """A tiny module, a stand-in trainer at step 5 and a set-up search callback, for scoring."""
     from lightning_metanas.module import MetaNASModule
     from lightning_metanas.search_space import SearchSpace
 
-    data = _data()
     space = SearchSpace(ops=("conv3x3", "skip"), widths=(8,), depths=(2,))
     module = MetaNASModule(ways=3, image_size=14, search_space=space)
-    trainer = SimpleNamespace(datamodule=data, global_step=5, global_rank=0, world_size=1,
+    trainer = SimpleNamespace(datamodule=_data(), global_step=5, global_rank=0, world_size=1,
                               is_global_zero=True, progress_bar_callback=None)
-    callback = EvolutionCallback(EvolutionConfig(tasks_per_score=3, population_size=2, tournament_size=2))
+    callback = EvolutionCallback(EvolutionConfig(tasks_per_score=3, population_size=2, tournament_size=2, **search))
     callback.setup(trainer, module, "fit")
+    return callback, trainer, module
+
+
+def test_architectures_scored_at_the_same_step_are_not_scored_again():
+    callback, trainer, module = _scoring()
     a, b, c = (Architecture(ops, (8, 8)) for ops in (("conv3x3", "skip"), ("skip", "conv3x3"), ("conv3x3", "conv3x3")))
     first = callback.score(trainer, module, [a, b])
     assert callback.real_scorings == 2
@@ -109,23 +114,13 @@ def test_largest_subnet_is_the_widest_deepest_of_the_costliest_op():
 
 
 def test_size_prior_scales_every_score_the_search_keeps():
-    from lightning_metanas.module import MetaNASModule
     from lightning_metanas.scoring import size_weighted
-    from lightning_metanas.search_space import SearchSpace
 
-    data = _data()
-    space = SearchSpace(ops=("conv3x3", "skip"), widths=(8,), depths=(2,))
-    module = MetaNASModule(ways=3, image_size=14, search_space=space)
-    trainer = SimpleNamespace(datamodule=data, global_step=5, global_rank=0, world_size=1,
-                              is_global_zero=True, progress_bar_callback=None)
     archs = [Architecture(ops, (8, 8)) for ops in (("conv3x3", "skip"), ("skip", "skip"), ("conv3x3", "conv3x3"))]
-    plain = EvolutionCallback(EvolutionConfig(tasks_per_score=3, population_size=2, tournament_size=2))
-    plain.setup(trainer, module, "fit")
+    plain, trainer, module = _scoring()
     accuracies = plain.score(trainer, module, archs)
-    prior = EvolutionCallback(EvolutionConfig(tasks_per_score=3, population_size=2, tournament_size=2,
-                                              size_prior=0.5))
-    prior.setup(trainer, module, "fit")
-    scores = prior.score(trainer, module, archs)
+    prior, trainer, _ = _scoring(size_prior=0.5)
+    scores = prior.score(trainer, module, archs)  # the same module: the same weights
     largest = module.supernet.largest_num_parameters()
     assert largest == module.supernet.num_parameters(archs[2])
     for arch, acc, score in zip(archs, accuracies, scores):
