@@ -171,8 +171,12 @@ def test_results_commands_parse_with_equal_budgets(setting):
     assert conv4["trainer"]["max_epochs"] == search["trainer"]["max_epochs"]
     assert conv4["model"]["train_arch"] == "reference" and search["model"]["train_arch"] is None
     assert conv4["search"] is None  # no search section: no search
-    assert 1 <= search["search"]["generations"] < search["trainer"]["max_epochs"]
-    assert search["search"]["strategy"] == "evolution"
+    settings, epochs = search["search"], search["trainer"]["max_epochs"]
+    # the warm-up, then every generation at one epoch's end, then the pick alone: half and half
+    last_search_epoch = settings["warmup_epochs"] + -(-settings["generations"] // settings["generations_per_epoch"]) - 1
+    assert settings["generations"] >= 1 and 2 * (last_search_epoch + 1) == epochs
+    assert settings["strategy"] == "evolution" and settings["size_prior"] > 0
+    assert search["model"]["sampling"] == "fair"
 
 
 def _cli(*args):
