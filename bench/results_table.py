@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
             continue
         minutes.setdefault((e["setting"], e["arm"]), []).append(e["seconds"] / 60)
     if minutes:
-        print("\nMedian wall time per run (minutes, two runs side by side on 2 cores): " + ", ".join(
+        print("\nMedian wall time per run (minutes, one thread each, 2-4 runs side by side on 2 cores): " + ", ".join(
             f"{setting} {arm} {statistics.median(m):.0f}" for (setting, arm), m in sorted(minutes.items())))
     return 0
 
