@@ -68,7 +68,9 @@ def main() -> int:
     print(header)
     print("| --- " * (header.count("|") - 1) + "|")
     truth_file = None
-    for path in sorted((ROOT / "bench" / "ranking").glob("omniglot_5w1s_*.json"), key=lambda p: p.stat().st_mtime):
+    # weakest first, so the table reads as the levers were added
+    for path in sorted((ROOT / "bench" / "ranking").glob("omniglot_5w1s_*.json"),
+                       key=lambda p: json.loads(p.read_text())["kendall_tau"]):
         result = json.loads(path.read_text())
         truth_file = ROOT / result["ground_truth"]
         scores = [e["supernet_score"] for e in result["entries"]]
