@@ -104,14 +104,10 @@ def scoring_tasks(checkpoint: dict, count: int, queries: Optional[int], redraw: 
     return stack_tasks([dataset[i] for i in range(redraw * count, (redraw + 1) * count)])
 
 
-def weighted(model: MetaNASModule, size_prior: float, score):
-    """``score`` (architectures -> accuracies) with the search's size prior applied."""
+def with_prior(model: MetaNASModule, size_prior: float, archs: list[Architecture], scores: list[float]) -> list[float]:
+    """The scores the search would keep: accuracies with the size prior applied."""
     largest = model.supernet.largest_num_parameters()
-
-    def scored(archs: list[Architecture]) -> list[float]:
-        return [size_weighted(s, model.supernet.num_parameters(a), largest, size_prior)
-                for a, s in zip(archs, score(archs))]
-    return scored
+    return [size_weighted(s, model.supernet.num_parameters(a), largest, size_prior) for a, s in zip(archs, scores)]
 
 
 def score(ckpt: Path, archs: list[Architecture], count: int, queries: Optional[int], redraws: int,
@@ -121,8 +117,8 @@ def score(ckpt: Path, archs: list[Architecture], count: int, queries: Optional[i
     model = MetaNASModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     steps = model.meta.eval_inner_steps
     return [
-        weighted(model, size_prior, lambda a, r=r: score_architectures(
-            model.adapter, a, scoring_tasks(checkpoint, count, queries, r), steps))(archs)
+        with_prior(model, size_prior, archs, score_architectures(
+            model.adapter, archs, scoring_tasks(checkpoint, count, queries, r), steps))
         for r in range(redraws)
     ]
 
@@ -132,7 +128,10 @@ def search_picks(ckpt: Path, count: int, queries: Optional[int], size_prior: flo
     """What the evolutionary search (the settings of ``configs/results/search.yaml``) picks on
     this SuperNet with this scoring, weights fixed, one search per seed."""
     model = MetaNASModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
-    scorer = weighted(model, size_prior, CachedScorer(model, scoring_tasks(read_checkpoint(ckpt), count, queries, 0)))
+    cached = CachedScorer(model, scoring_tasks(read_checkpoint(ckpt), count, queries, 0))
+
+    def scorer(archs: list[Architecture]) -> list[float]:
+        return with_prior(model, size_prior, archs, cached(archs))
     config = EvolutionConfig(population_size=8, offspring=4, pool_size=16, rescore_population=False,
                              tasks_per_score=count, predictor=PredictorConfig(min_archive=16))
     picks = []

@@ -107,14 +107,12 @@ class EvolutionCallback(Callback):
         zero-padded score vectors gives every rank all the scores. An architecture already
         scored under the current weights (by an earlier generation at the same step, e.g.
         several generations after a warm-up) keeps its score: scoring is deterministic, so
-        scoring it again would only repeat the number."""
+        scoring it again would only repeat the number. Returned with ``search.size_prior`` applied."""
         if self._cache_step != trainer.global_step:
             self._cache, self._cache_step = {}, trainer.global_step
         fresh = [a for a in archs if a not in self._cache]
         self._cache.update(zip(fresh, self._score_fresh(trainer, pl_module, fresh)))
         self.real_scorings = len(fresh)
-        if self.config.size_prior == 0:
-            return [self._cache[a] for a in archs]
         largest = pl_module.supernet.largest_num_parameters()
         return [size_weighted(self._cache[a], self._size(pl_module, a)[0], largest, self.config.size_prior)
                 for a in archs]
