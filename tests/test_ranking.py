@@ -62,3 +62,30 @@ def test_ranking_table_reads_a_picks_accuracy_from_the_ground_truth_file_now(tmp
     assert pick_cell({"label": "conv5x5@64-conv5x5@64-conv5x5@64"}, accs, truth) == \
         "`conv5x5@64-conv5x5@64-conv5x5@64`: 90.00 (25% above)"
     assert pick_cell({"label": "skip@32-skip@32-skip@32"}, accs, truth).endswith("not trained alone yet")
+
+
+def test_size_prior_cross_validation_recovers_a_planted_strength_out_of_sample():
+    """Scores built as truth / params**0.2 are ordered exactly by truth once weighted with 0.2:
+    the strength chosen on half A must be 0.2 and give tau 1 on half B; a method whose scores
+    already order the truth must keep the prior off (ties go to the smallest strength)."""
+    import random
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from size_prior_cv import cross_validate
+
+    rng = random.Random(1)
+    truth = [rng.uniform(0.2, 0.95) for _ in range(20)]
+    params = [rng.randint(1_000, 400_000) for _ in range(20)]
+    planted = ([t / p ** 0.2 for t, p in zip(truth, params)], truth, params)
+    plain = (list(truth), truth, params)
+    result = cross_validate({"planted": planted, "plain": plain}, splits=5, seed=0,
+                            strengths=[0.0, 0.1, 0.2, 0.3])
+    assert result["planted"]["own"] == [0.2] * 5
+    assert result["planted"]["tau_own"] == [pytest.approx(1.0)] * 5
+    assert all(t < 1.0 for t in result["planted"]["tau_none"])
+    assert result["plain"]["own"] == [0.0] * 5
+    assert result["plain"]["tau_none"] == [pytest.approx(1.0)] * 5
+    # each method's "others" choice is the other one's: the plain method is hurt by 0.2
+    assert result["plain"]["others"] == [0.2] * 5
+    assert all(t < 1.0 for t in result["plain"]["tau_others"])
