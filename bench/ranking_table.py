@@ -55,6 +55,14 @@ def pick_cell(pick: dict, accs: dict[str, float], truth: list[float]) -> str:
     return f"`{pick['label']}`: {100 * acc:.2f} ({100 * sum(t > acc for t in truth) / len(truth):.0f}% above)"
 
 
+def picks_mean(picks: list[dict], accs: dict[str, float]) -> str:
+    """Mean stand-alone accuracy of a method's picks: what its searches would deliver; "—"
+    until every pick is trained alone."""
+    if not picks or any(p["label"] not in accs for p in picks):
+        return "—"
+    return f"{100 * sum(accs[p['label']] for p in picks) / len(picks):.2f}"
+
+
 def row(name: str, scores: list[float], truth: list[float], depths: list[int], extra: list[str]) -> str:
     agreement = rank_agreement(scores, truth)
     return (f"| {name} | {agreement['kendall_tau']:.3f} | {agreement['spearman_rho']:.3f} | "
@@ -64,7 +72,7 @@ def row(name: str, scores: list[float], truth: list[float], depths: list[int], e
 
 def main() -> int:
     header = ("| method | Kendall tau | Spearman rho | tau within depth | GT rank of top-1 | top-5 overlap | "
-              "score sd over re-drawn tasks / between architectures | search picks: stand-alone acc. (share of GT above) |")
+              "score sd over re-drawn tasks / between architectures | search picks: mean stand-alone acc. | search picks: stand-alone acc. (share of GT above) |")
     print(header)
     print("| --- " * (header.count("|") - 1) + "|")
     truth_file = None
@@ -77,18 +85,18 @@ def main() -> int:
         truth = [e["stand_alone_acc"] for e in result["entries"]]
         depths = [len(e["arch"]["ops"]) for e in result["entries"]]
         noise = result["noise"]
-        picks = "; ".join(pick_cell(p, known(ROOT / result["ground_truth"]), truth)
-                          for p in result.get("search_picks", []))
+        accs = known(ROOT / result["ground_truth"])
+        picks = result.get("search_picks", [])
         print(row(f"`{result['method']}`", scores, truth, depths, [
             f"{100 * noise['score_sd_over_redraws']:.2f} / {100 * noise['score_sd_between_architectures']:.2f}",
-            picks or "—"]))
+            picks_mean(picks, accs), "; ".join(pick_cell(p, accs, truth) for p in picks) or "—"]))
     if truth_file is None:
         truth_file = ROOT / "bench/ground_truth/omniglot_5w1s.json"
     entries = [e for e in json.loads(truth_file.read_text()) if e.get("seed", 0) == 0 and e["group"] != "extra"]
     truth = [e["acc"] for e in entries]
     depths = [len(e["arch"]["ops"]) for e in entries]
     for name, proxy in PROXIES.items():
-        print(row(f"proxy: {name}", [proxy(e) for e in entries], truth, depths, ["—", "—"]))
+        print(row(f"proxy: {name}", [proxy(e) for e in entries], truth, depths, ["—", "—", "—"]))
     print(f"\n{len(entries)} architectures; ground truth {truth_file.relative_to(ROOT)}")
     return 0
 

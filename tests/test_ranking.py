@@ -48,7 +48,7 @@ def test_ranking_table_reads_a_picks_accuracy_from_the_ground_truth_file_now(tmp
     import sys
 
     sys.path.insert(0, str(ROOT / "bench"))
-    from ranking_table import known, pick_cell
+    from ranking_table import known, pick_cell, picks_mean
 
     truth_file = tmp_path / "gt.json"
     truth_file.write_text(json.dumps([
@@ -62,6 +62,9 @@ def test_ranking_table_reads_a_picks_accuracy_from_the_ground_truth_file_now(tmp
     assert pick_cell({"label": "conv5x5@64-conv5x5@64-conv5x5@64"}, accs, truth) == \
         "`conv5x5@64-conv5x5@64-conv5x5@64`: 90.00 (25% above)"
     assert pick_cell({"label": "skip@32-skip@32-skip@32"}, accs, truth).endswith("not trained alone yet")
+    trained = [{"label": "conv3x3@32-skip@32-skip@32"}, {"label": "conv5x5@64-conv5x5@64-conv5x5@64"}]
+    assert picks_mean(trained, accs) == "70.00"
+    assert picks_mean(trained + [{"label": "skip@32-skip@32-skip@32"}], accs) == "—"
 
 
 def test_size_prior_cross_validation_recovers_a_planted_strength_out_of_sample():
