@@ -7,9 +7,9 @@ tau is reported on. This script chooses the strength on one random half of the a
 and measures tau on the other half, many times, for every SuperNet ranked *without* the prior
 (``bench/ranking/omniglot_5w1s_*.json`` whose ``size_prior`` is 0): once with the strength
 fitted to that SuperNet's own half, once with it fitted to the *other* SuperNets' halves (out of
-sample in both the architectures and the SuperNet). The score's factor is
-``(params / largest) ** strength`` with one ``largest`` for all, so the order, and tau, depends on
-``score * params ** strength`` alone; no SuperNet is needed to re-rank.
+sample in both the architectures and the SuperNet). The scores are re-weighted with the search's
+own ``scoring.size_weighted``; its ``largest`` is one constant for all, which leaves the order,
+and tau, unchanged, so the largest of the ranked architectures stands in for the SuperNet's.
 """
 from __future__ import annotations
 
@@ -25,12 +25,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lightning_metanas.metrics import kendall_tau  # noqa: E402
+from lightning_metanas.scoring import size_weighted  # noqa: E402
+from lightning_metanas.search_space import Architecture  # noqa: E402
 
 STRENGTHS = [round(0.025 * i, 3) for i in range(17)]  # 0 ... 0.4
 
 
 def weighted(scores: Sequence[float], params: Sequence[int], strength: float) -> list[float]:
-    return [s * p ** strength for s, p in zip(scores, params)]
+    largest = max(params)
+    return [size_weighted(s, p, largest, strength) for s, p in zip(scores, params)]
 
 
 def tau_on(idx: Sequence[int], scores, truth, params, strength: float) -> float:
@@ -69,12 +72,12 @@ def load(ranking_dir: Path) -> dict[str, tuple]:
     """The methods ranked without the prior, over the architectures they all share."""
     results = [json.loads(p.read_text()) for p in sorted(ranking_dir.glob("omniglot_5w1s_*.json"))]
     results = [r for r in results if not r.get("size_prior")]
-    truth = {json.dumps(e["arch"], sort_keys=True): e
+    truth = {Architecture.from_dict(e["arch"]): e
              for e in json.loads((ROOT / results[0]["ground_truth"]).read_text()) if e.get("seed", 0) == 0}
-    keys = sorted(set.intersection(*({json.dumps(e["arch"], sort_keys=True) for e in r["entries"]} for r in results)))
+    keys = sorted(set.intersection(*({Architecture.from_dict(e["arch"]) for e in r["entries"]} for r in results)), key=str)
     methods = {}
     for r in results:
-        by_key = {json.dumps(e["arch"], sort_keys=True): e for e in r["entries"]}
+        by_key = {Architecture.from_dict(e["arch"]): e for e in r["entries"]}
         methods[r["method"]] = ([by_key[k]["supernet_score"] for k in keys],
                                 [truth[k]["acc"] for k in keys], [truth[k]["params"] for k in keys])
     return methods
