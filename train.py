@@ -40,6 +40,10 @@ from lightning_metanas.cli import build_cli, resolve_ckpt_path
 from lightning_metanas.errors import SettingsError
 from lightning_metanas.report import TEST_RESULT, test_result
 
+NORM_MEANING = {
+    "transductive": "each query batch normalised with its own statistics, MAML's protocol",
+    "support": "each image alone, normalised with the support images' statistics, as deployed",
+}
 SIGTERM_EXIT = 143  # 128 + SIGTERM, what a shell reports for a process ended by SIGTERM
 RESUME_HINT = "resume with the run's settings and --ckpt_path=last"
 
@@ -105,9 +109,12 @@ def main(args: list[str] | None = None) -> None:
         print(
             f"meta-test: {100 * result['acc']:.2f}% ± {100 * result['acc_ci95']:.2f}% over "
             f"{result['tasks']:.0f} tasks "
-            f"({data.ways}-way {data.shots}-shot), architecture {arch}"
+            f"({data.ways}-way {data.shots}-shot, {result['norm']} normalisation), architecture {arch}"
             + (f", checkpoint {best}" if best else "")
         )
+        other = "support" if result["norm"] == "transductive" else "transductive"
+        print(f"  under {other} normalisation: {100 * result[f'acc_{other}']:.2f}% ± "
+              f"{100 * result[f'acc_{other}_ci95']:.2f}% ({NORM_MEANING[other]})")
         if trainer.checkpoint_callback and trainer.checkpoint_callback.dirpath and not trainer.fast_dev_run:
             # next to config.yaml and checkpoints/, for `python -m lightning_metanas.report`
             record = test_result(result, data.ways, data.shots, arch) | {"checkpoint": best}

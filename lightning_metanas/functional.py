@@ -10,16 +10,19 @@ loops give their images on CPU.
 from __future__ import annotations
 
 import threading
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from lightning_metanas.ops import NormStatistics
 from lightning_metanas.search_space import Architecture
 from lightning_metanas.supernet import SuperNet
 
-SubnetFunction = Callable[[Sequence[torch.Tensor], torch.Tensor], torch.Tensor]  # (params, x) -> logits
+# (params, x[, stats_from]) -> logits; with ``stats_from`` (images, e.g. a task's support set),
+# every layer normalises ``x`` with the statistics of ``stats_from`` instead of its own batch's.
+SubnetFunction = Callable[..., torch.Tensor]
 _CACHE_SIZE = 1024  # architectures whose parameter lookup is remembered
 
 
@@ -80,10 +83,17 @@ def subnet_function(supernet: SuperNet, arch: Architecture, names: Sequence[str]
     ``[tasks, N, ways]``: ``torch.func.vmap`` over tasks, which turns the convolutions into
     grouped ones and computes BatchNorm's batch statistics per task."""
 
-    def forward(params: Sequence[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    def call(params: Sequence[torch.Tensor], x: torch.Tensor, norm: Optional[NormStatistics]) -> torch.Tensor:
         # strict=False: the parameters the subnet does not use stay the module's own and are
         # never read. tie_weights=False: the SuperNet ties none, and looking for ties walks
         # every SuperNet parameter (measured: it tripled functional_call's cost).
-        return functional_call(supernet, dict(zip(names, params)), (x, arch), strict=False, tie_weights=False)
+        return functional_call(supernet, dict(zip(names, params)), (x, arch, norm), strict=False, tie_weights=False)
+
+    def forward(params: Sequence[torch.Tensor], x: torch.Tensor, stats_from: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if stats_from is None:
+            return call(params, x, None)
+        norm = NormStatistics()
+        call(params, stats_from, norm.record())
+        return call(params, x, norm.apply())
 
     return vmap(forward) if tasks else forward

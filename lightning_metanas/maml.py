@@ -61,6 +61,8 @@ from lightning_metanas.search_space import Architecture
 from lightning_metanas.supernet import SuperNet
 
 MetaGradient = Literal["first_order", "second_order", "finite_difference"]
+Norm = Literal["transductive", "support"]
+NORMS: tuple[str, ...] = ("transductive", "support")
 META_GRADIENTS: tuple[str, ...] = ("first_order", "second_order", "finite_difference")
 Batch = tuple[torch.Tensor, torch.Tensor]  # images, labels (either with a leading task axis)
 Tasks = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # support x, y, query x, y; task axis first
@@ -90,6 +92,11 @@ class MetaConfig:
             run in chunks (bounds memory: activations grow with tasks x images).
         channels_last: images in channels-last memory layout; ``None``: on CPU yes (measured
             faster), on CUDA no (``bench/device_check.sh`` measures both).
+        norm: the BatchNorm statistics a query image is normalised with, in meta-training and
+            evaluation: ``transductive`` (the query batch's own, MAML's protocol: a prediction
+            depends on the rest of the batch) or ``support`` (the adapted task's support
+            images', so each query image is classified alone, as a deployed model is; the
+            support passes of the inner loop are the same in both).
     """
 
     inner_lr: float = 0.4
@@ -101,6 +108,7 @@ class MetaConfig:
     vectorize: Optional[bool] = None
     max_vectorized_tasks: int = 64
     channels_last: Optional[bool] = None
+    norm: Norm = "transductive"
 
     def __post_init__(self) -> None:
         for name in ("inner_lr", "meta_lr", "fd_epsilon"):
@@ -115,6 +123,8 @@ class MetaConfig:
             raise SettingsError(
                 f"model.meta.meta_gradient must be one of {list(META_GRADIENTS)}, got {self.meta_gradient!r}"
             )
+        if self.norm not in NORMS:
+            raise SettingsError(f"model.meta.norm must be one of {list(NORMS)}, got {self.norm!r}")
 
 
 @dataclass
@@ -154,14 +164,15 @@ class TaskAdapter:
         fd_epsilon: finite-difference scale (``eps = fd_epsilon / ||v||``).
         workers: threads ``meta_batch_gradient`` spreads a meta-batch's tasks over on CPU
             (``parallel.TaskThreads``); ``None``: torch's intra-op thread count.
-        vectorize, max_vectorized_tasks, channels_last: as in ``MetaConfig``.
+        vectorize, max_vectorized_tasks, channels_last, norm: as in ``MetaConfig``.
     """
 
     def __init__(
         self, supernet: SuperNet, inner_lr: float, fd_epsilon: float = 1e-5, workers: Optional[int] = None,
         vectorize: Optional[bool] = None, max_vectorized_tasks: int = 64, channels_last: Optional[bool] = None,
+        norm: Norm = "transductive",
     ) -> None:
-        self.supernet, self.inner_lr = supernet, inner_lr
+        self.supernet, self.inner_lr, self.norm = supernet, inner_lr, norm
         self.fd_epsilon = require_positive("fd_epsilon", fd_epsilon)
         self.vectorize, self.channels_last = vectorize, channels_last
         self.max_vectorized_tasks = require_int("max_vectorized_tasks", max_vectorized_tasks, 1)
@@ -172,7 +183,8 @@ class TaskAdapter:
     def from_config(cls, supernet: SuperNet, meta: MetaConfig, **kwargs) -> "TaskAdapter":
         return cls(
             supernet, meta.inner_lr, meta.fd_epsilon, vectorize=meta.vectorize,
-            max_vectorized_tasks=meta.max_vectorized_tasks, channels_last=meta.channels_last, **kwargs,
+            max_vectorized_tasks=meta.max_vectorized_tasks, channels_last=meta.channels_last,
+            norm=meta.norm, **kwargs,
         )
 
     def vectorized(self, device: torch.device) -> bool:
@@ -229,7 +241,7 @@ class TaskAdapter:
         ``loss`` is per task and the gradient of its sum is the sum of theirs)."""
         tasks = _tasks(support[0])
         adapted = self.adapt(arch, itertools.repeat(support, steps), second_order=True, tasks=tasks)[-1]
-        logits = self.subnet(arch, tasks)[0](adapted, self.images(query[0]))
+        logits = self.subnet(arch, tasks)[0](adapted, *self._query_inputs(query[0], support[0]))
         return TaskResult(_losses(logits, query[1]), _accuracy(logits, query[1]))
 
     @torch.enable_grad()
@@ -255,7 +267,7 @@ class TaskAdapter:
         support = (self.images(support[0]), support[1])
         path = self.adapt(arch, itertools.repeat(support, steps), tasks=tasks)
         adapted = [t.detach().requires_grad_() for t in path[-1]]
-        logits = forward(adapted, self.images(query[0]))
+        logits = forward(adapted, *self._query_inputs(query[0], support[0]))
         loss = _losses(logits, query[1])
         grads: Grads = list(torch.autograd.grad(loss.sum() if tasks is not None else loss, adapted, allow_unused=True))
         if mode == "finite_difference":  # carry v back through the inner steps, last first
@@ -347,28 +359,56 @@ class TaskAdapter:
         stacks = [(arch, index[i : i + size]) for arch, index in groups.items() for i in range(0, len(index), size)]
         return [(arch, index[0] if len(index) == 1 else index) for arch, index in stacks]
 
+    def _query_inputs(self, query_x: torch.Tensor, support_x: torch.Tensor, norm: Optional[Norm] = None) -> tuple[torch.Tensor, ...]:
+        """The query images, and under ``support`` normalisation the support images whose
+        statistics normalise them (``functional.subnet_function``'s ``stats_from``)."""
+        if (norm or self.norm) == "support":
+            return self.images(query_x), self.images(support_x)
+        return (self.images(query_x),)
+
     @torch.enable_grad()
-    def evaluate(self, arch: Architecture, support: Batch, query: Batch, steps: int) -> TaskResult:
+    def evaluate(self, arch: Architecture, support: Batch, query: Batch, steps: int, norm: Optional[Norm] = None) -> TaskResult:
         """Query loss and accuracy after ``steps`` inner steps (nothing differentiable); per
-        task for a stack of tasks (vectorised)."""
+        task for a stack of tasks (vectorised). ``norm`` overrides the adapter's."""
+        return self.evaluate_norms(arch, support, query, steps, (norm or self.norm,))[norm or self.norm]
+
+    @torch.enable_grad()
+    def evaluate_norms(self, arch: Architecture, support: Batch, query: Batch, steps: int,
+                       norms: Sequence[Norm]) -> dict[str, TaskResult]:
+        """``evaluate`` under each of ``norms`` from one adaptation (the inner loop's support
+        passes are the same under every norm): the cost of classifying images alone is then
+        measured on exactly the same adapted weights."""
         tasks = _tasks(support[0])
         forward, _ = self.subnet(arch, tasks)
         adapted = self.adapt(arch, itertools.repeat((self.images(support[0]), support[1]), steps), tasks=tasks)[-1]
+        results = {}
         with torch.no_grad():
-            logits = forward(adapted, self.images(query[0]))
-            loss = _losses(logits, query[1])
-        return TaskResult(loss, _accuracy(logits, query[1]))
+            for norm in norms:
+                logits = forward(adapted, *self._query_inputs(query[0], support[0], norm))
+                results[norm] = TaskResult(_losses(logits, query[1]), _accuracy(logits, query[1]))
+        return results
 
-    def evaluate_tasks(self, arch: Architecture, tasks: Sequence[torch.Tensor], steps: int) -> TaskResult:
+    def evaluate_tasks(self, arch: Architecture, tasks: Sequence[torch.Tensor], steps: int,
+                       norm: Optional[Norm] = None) -> TaskResult:
         """``evaluate`` on every task of ``(support_x, support_y, query_x, query_y)`` (leading
-        task axis), all with ``arch``: per-task losses and accuracies, ``[tasks]``. Task by
+        task axis), all with ``arch``: per-task losses and accuracies ``[tasks]``."""
+        norm = norm or self.norm
+        return self.evaluate_tasks_norms(arch, tasks, steps, (norm,))[norm]
+
+    def evaluate_tasks_norms(self, arch: Architecture, tasks: Sequence[torch.Tensor], steps: int,
+                             norms: Sequence[Norm]) -> dict[str, TaskResult]:
+        """``evaluate_tasks`` under each of ``norms`` from one adaptation per task. Task by
         task, or vectorised in stacks (``units``)."""
         units = self.units([arch] * tasks[0].shape[0], tasks[0].device)
-        results = []
+        results: dict[str, list[TaskResult]] = {norm: [] for norm in norms}
         for _, index in units:
             support_x, support_y, query_x, query_y = _take(tasks, index)
-            results.append(self.evaluate(arch, (support_x, support_y), (query_x, query_y), steps))
-        return TaskResult(*(torch.cat([getattr(r, f).reshape(-1) for r in results]) for f in ("loss", "accuracy")))
+            for norm, result in self.evaluate_norms(arch, (support_x, support_y), (query_x, query_y), steps, norms).items():
+                results[norm].append(result)
+        return {
+            norm: TaskResult(*(torch.cat([getattr(r, f).reshape(-1) for r in rs]) for f in ("loss", "accuracy")))
+            for norm, rs in results.items()
+        }
 
 
 def _tasks(images: torch.Tensor) -> Optional[int]:

@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 import torch
 
 from lightning_metanas.errors import SettingsError, require_int
-from lightning_metanas.maml import MetaConfig, TaskAdapter
+from lightning_metanas.maml import NORMS, MetaConfig, TaskAdapter
 from lightning_metanas.metrics import TaskAccuracy
 from lightning_metanas.samplers import SAMPLING_RULES, ArchitectureSampler, FixedSampler, SamplingRule, UniformSampler
 from lightning_metanas.search_space import Architecture, ArchitectureError, SearchSpace
@@ -93,9 +93,12 @@ class MetaNASModule(pl.LightningModule):
         self.adapter = TaskAdapter.from_config(self.supernet, meta)
         self.sampler: ArchitectureSampler = self._initial_sampler(train_arch)
         self.eval_arch = self.load_architecture(eval_arch) if eval_arch else None
-        self.val_accuracy = TaskAccuracy()
-        self.test_accuracy = TaskAccuracy()
-        self.last_result: dict[str, dict[str, float]] = {}  # split -> acc, acc_ci95, tasks
+        # Validation and test measure the query accuracy under both normalisations from the same
+        # adapted weights (one extra query pass): the run's own (``meta.norm``, which picks the
+        # best checkpoint) as ``{split}/acc``, and each as ``{split}/acc_{norm}``, so every run
+        # shows what classifying images one at a time costs.
+        self.accuracy = torch.nn.ModuleDict({f"{split}_{norm}": TaskAccuracy() for split in ("val", "test") for norm in NORMS})
+        self.last_result: dict[str, dict[str, float]] = {}  # split -> acc, acc_ci95, tasks, acc_{norm}, ...
         # What the last training step adapted, one per task: callbacks/guards.py names them
         # when that step's meta-loss or meta-gradient is not finite.
         self.last_step_archs: list[Architecture] = []
@@ -157,28 +160,38 @@ class MetaNASModule(pl.LightningModule):
         return surrogate - surrogate.detach() + loss
 
     # -- evaluation ----------------------------------------------------------------------
-    def _evaluate_batch(self, batch, metric: TaskAccuracy) -> None:
+    def _evaluate_batch(self, batch, split: str) -> None:
         arch = self.evaluated_architecture()
-        metric.update(self.adapter.evaluate_tasks(arch, batch, steps=self.meta.eval_inner_steps).accuracy)
+        results = self.adapter.evaluate_tasks_norms(arch, batch, self.meta.eval_inner_steps, NORMS)
+        for norm, result in results.items():
+            self.accuracy[f"{split}_{norm}"].update(result.accuracy)
 
-    def _log_accuracy(self, split: str, metric: TaskAccuracy) -> None:
-        result = metric.compute()  # already reduced over DDP ranks by the metric itself
-        self.last_result[split] = {name: float(value) for name, value in result.items()}
-        self.log(f"{split}/acc", result["acc"], prog_bar=True)
-        self.log(f"{split}/acc_ci95", result["acc_ci95"])
-        metric.reset()
+    def _log_accuracy(self, split: str) -> None:
+        results = {}
+        for norm in NORMS:
+            metric = self.accuracy[f"{split}_{norm}"]
+            results[norm] = metric.compute()  # already reduced over DDP ranks by the metric itself
+            metric.reset()
+        primary = results[self.adapter.norm]
+        record = {name: float(value) for name, value in primary.items()} | {"norm": self.adapter.norm}
+        self.log(f"{split}/acc", primary["acc"], prog_bar=True)
+        self.log(f"{split}/acc_ci95", primary["acc_ci95"])
+        for norm, result in results.items():
+            record[f"acc_{norm}"], record[f"acc_{norm}_ci95"] = float(result["acc"]), float(result["acc_ci95"])
+            self.log(f"{split}/acc_{norm}", result["acc"])
+        self.last_result[split] = record
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate_batch(batch, self.val_accuracy)
+        self._evaluate_batch(batch, "val")
 
     def on_validation_epoch_end(self) -> None:
-        self._log_accuracy("val", self.val_accuracy)
+        self._log_accuracy("val")
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate_batch(batch, self.test_accuracy)
+        self._evaluate_batch(batch, "test")
 
     def on_test_epoch_end(self) -> None:
-        self._log_accuracy("test", self.test_accuracy)
+        self._log_accuracy("test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.supernet.parameters(), lr=self.meta.meta_lr)

@@ -2,24 +2,77 @@
 
 Every operation holds its weights at the widest setting and slices the first ``c_in`` input
 and ``c_out`` output channels when a narrower subnet runs (elastic width, as in
-once-for-all), so one tensor trains every width. Each op ends in its own BatchNorm, which
-always normalises with the statistics of the current batch, i.e. of the task at hand: this is
+once-for-all), so one tensor trains every width. Each op ends in its own BatchNorm, which by
+default normalises with the statistics of the current batch, i.e. of the task at hand: this is
 the MAML reference protocol (Finn et al. keep ``training=True`` at meta-test too) and it
 keeps no running statistics, so learn2learn's ``clone()`` has no shared buffers to corrupt.
+
+A batch's statistics make a prediction depend on the rest of the batch, and one image alone
+cannot be normalised at all; a deployed classifier sees one image at a time. ``NormStatistics``
+therefore lets a forward pass *record* each layer's statistics (of a task's support images)
+and a later pass *apply* them, so that every image is normalised by the same numbers whatever
+else is in its batch (inductive inference).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
+BN_EPS = 1e-5  # F.batch_norm's default, also the standalone network's
+
+
+class NormStatistics:
+    """Per-layer BatchNorm statistics passed through one forward pass.
+
+    ``record()``: the pass normalises with its batch's statistics, as without this object, and
+    appends each layer's per-channel mean and (biased, the one batch norm divides by) variance.
+    ``apply()``: the pass normalises layer ``i`` with the ``i``-th recorded pair instead, so
+    every image is treated alone. Applying to the recorded images reproduces the recording
+    pass's output (to float rounding: one scale and shift per channel, as an exported network's
+    folded BatchNorm computes it). The statistics keep their graph: a query loss under ``apply`` differentiates
+    through the support images that made them (TaskNorm-I's way, Bronskill et al. 2020).
+    """
+
+    def __init__(self) -> None:
+        self.means: list[torch.Tensor] = []
+        self.variances: list[torch.Tensor] = []
+        self.recording = True
+        self._layer = 0
+
+    def record(self) -> "NormStatistics":
+        self.means, self.variances, self.recording = [], [], True
+        return self
+
+    def apply(self) -> "NormStatistics":
+        if not self.means:
+            raise RuntimeError("NormStatistics.apply() before any statistics were recorded")
+        self.recording, self._layer = False, 0
+        return self
+
+    def normalize(self, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        if self.recording:
+            var, mean = torch.var_mean(y, dim=(0, 2, 3), correction=0)
+            self.means.append(mean)
+            self.variances.append(var)
+            return F.batch_norm(y, None, None, weight, bias, training=True, eps=BN_EPS)
+        i, self._layer = self._layer, self._layer + 1
+        if i >= len(self.means):
+            raise RuntimeError(f"NormStatistics holds {len(self.means)} layers; the pass has more")
+        # by hand: F.batch_norm refuses running statistics that carry a graph
+        scale = weight * torch.rsqrt(self.variances[i] + BN_EPS)
+        shift = bias - self.means[i] * scale
+        return y * scale[:, None, None] + shift[:, None, None]
+
+
 class SharedOp(nn.Module):
     """Base class: ``forward(x, c_out)`` maps ``x`` (with any ``c_in <= max_in`` channels) to
-    ``c_out <= max_out`` channels, normalised by per-task batch statistics."""
+    ``c_out <= max_out`` channels, normalised by per-task batch statistics (or by the
+    statistics ``norm`` carries)."""
 
     def __init__(self, max_in: int, max_out: int) -> None:
         super().__init__()
@@ -30,8 +83,10 @@ class SharedOp(nn.Module):
     def transform(self, x: torch.Tensor, c_out: int) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, c_out: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c_out: int, norm: Optional[NormStatistics] = None) -> torch.Tensor:
         y = self.transform(x, c_out)
+        if norm is not None:
+            return norm.normalize(y, self.bn_weight[:c_out], self.bn_bias[:c_out])
         return F.batch_norm(
             y, None, None, self.bn_weight[:c_out], self.bn_bias[:c_out], training=True
         )

@@ -145,8 +145,12 @@ FIGURES = [  # (image, caption), in the order the page shows them
 
 def test_result(result: dict, ways: int, shots: int, arch: Architecture) -> dict:
     """``test_result.json``'s record of a meta-test (``MetaNASModule.last_result["test"]``),
-    written by train.py and read by the report."""
+    written by train.py and read by the report: the run's own figure (``acc``, under its
+    ``norm``), and the figure under each normalisation (``acc_transductive``: query batch
+    statistics, MAML's protocol; ``acc_support``: each image alone, as deployed)."""
+    extra = {k: v for k, v in result.items() if k.startswith("acc_") and k != "acc_ci95"}
     return {"acc": result["acc"], "acc_ci95": result["acc_ci95"], "tasks": int(result["tasks"]),
+            "norm": result.get("norm", "transductive"), **extra,
             "ways": ways, "shots": shots, "arch": arch.to_dict()}
 
 

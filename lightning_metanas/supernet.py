@@ -1,11 +1,13 @@
 """The weight-sharing SuperNet: every architecture of a search space in one module."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_metanas.ops import OPERATIONS, downsample, pooled_size
+from lightning_metanas.ops import OPERATIONS, NormStatistics, downsample, pooled_size
 from lightning_metanas.search_space import Architecture, SearchSpace
 
 
@@ -33,13 +35,15 @@ class SuperNet(nn.Module):
         self.head_bias = nn.Parameter(torch.zeros(ways))
         nn.init.xavier_uniform_(self.head_weight)
 
-    def features(self, x: torch.Tensor, arch: Architecture) -> torch.Tensor:
+    def features(self, x: torch.Tensor, arch: Architecture, norm: Optional[NormStatistics] = None) -> torch.Tensor:
         for slot, op, width in zip(self.slots, arch.ops, arch.widths):
-            x = downsample(F.relu(slot[op](x, width)))
+            x = downsample(F.relu(slot[op](x, width, norm)))
         return x.mean(dim=(-2, -1))
 
-    def forward(self, x: torch.Tensor, arch: Architecture) -> torch.Tensor:
-        h = self.features(x, arch)
+    def forward(self, x: torch.Tensor, arch: Architecture, norm: Optional[NormStatistics] = None) -> torch.Tensor:
+        """``norm``: record or apply BatchNorm statistics (``ops.NormStatistics``); ``None``:
+        every layer normalises with the batch's own."""
+        h = self.features(x, arch, norm)
         return F.linear(h, self.head_weight[:, : h.shape[1]], self.head_bias)
 
     def parameters_of(self, arch: Architecture) -> list[tuple[str, nn.Parameter]]:
@@ -51,21 +55,31 @@ class SuperNet(nn.Module):
             if name.startswith("head_") or any(name.startswith(u) for u in used)
         ]
 
+    def layer_parameters(self, i: int, op: str, c_in: int, width: int) -> int:
+        """Parameters of layer ``i`` run as ``op`` from ``c_in`` to ``width`` channels alone
+        (the slices it reads): the unit ``num_parameters`` and the cost tables add up."""
+        count = 0
+        for name, p in self.slots[i][op].named_parameters():
+            if name.startswith("bn_"):
+                count += width
+            elif name == "depthwise":
+                count += c_in * p.shape[2] * p.shape[3]
+            elif name == "projection" and c_in == width:
+                pass
+            else:
+                count += width * c_in * p.shape[2] * p.shape[3]
+        return count
+
+    def head_parameters(self, c_in: int) -> int:
+        return self.ways * c_in + self.ways
+
     def num_parameters(self, arch: Architecture) -> int:
         """Parameters of the stand-alone subnet (the slices ``arch`` reads)."""
         count, c_in = 0, self.in_channels
         for i, (op, width) in enumerate(zip(arch.ops, arch.widths)):
-            for name, p in self.slots[i][op].named_parameters():
-                if name.startswith("bn_"):
-                    count += width
-                elif name == "depthwise":
-                    count += c_in * p.shape[2] * p.shape[3]
-                elif name == "projection" and c_in == width:
-                    pass
-                else:
-                    count += width * c_in * p.shape[2] * p.shape[3]
+            count += self.layer_parameters(i, op, c_in, width)
             c_in = width
-        return count + self.ways * c_in + self.ways
+        return count + self.head_parameters(c_in)
 
     def largest_num_parameters(self) -> int:
         """Parameters of the largest single-op subnet of the space (every layer the widest of

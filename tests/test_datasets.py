@@ -267,7 +267,7 @@ def test_rgb_dataset_end_to_end(tmp_path):
     assert json.loads((run_dir / "test_result.json").read_text())["ways"] == 3
 
     result = eval_cli.main(["--ckpt_path", str(checkpoints / "last.ckpt"), "--arch",
-                            str(checkpoints / "best_arch.json"), "--test_tasks", "4"])
+                            str(checkpoints / "best_arch.json"), "--tasks", "4"])
     assert result["tasks"] == 4 and 0.0 <= result["acc"] <= 1.0
 
     # a split folder is a labelled image folder: adapt to the test classes

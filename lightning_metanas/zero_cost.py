@@ -1,0 +1,63 @@
+"""Zero-cost rules: what a user can pick with no training at all, the baseline a search must beat.
+
+A rule ranks architectures by a number computed without training: their size (parameters,
+FLOPs), their depth then size, or a training-free proxy computed on a few tasks at
+initialisation (``naswot``, Mellor et al. 2021: how differently a network's ReLUs fire across
+a batch's images). Size rules rank the *whole* space in seconds (``costs.SpaceCosts``), so
+"the rule's best architecture within a budget" is exact, not a sample: ``best_in_budget``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from lightning_metanas.costs import CostModel, SpaceCosts
+from lightning_metanas.search_space import Architecture
+
+# name -> key per architecture of a SpaceCosts table (higher ranks first); ties: enumeration order
+SIZE_RULES: dict[str, Callable[[SpaceCosts], np.ndarray]] = {
+    "params": lambda t: t.params.astype(np.float64),
+    "flops": lambda t: t.flops.astype(np.float64),
+    "depth_params": lambda t: t.depth * 1e12 + t.params,
+    "depth_flops": lambda t: t.depth * 1e12 + t.flops,
+}
+
+
+def size_key(rule: str, params: float, flops: float, depth: int) -> float:
+    """The key of ``SIZE_RULES[rule]`` for one architecture's costs."""
+    return {"params": params, "flops": flops, "depth_params": depth * 1e12 + params,
+            "depth_flops": depth * 1e12 + flops}[rule]
+
+
+def best_in_budget(rule: str, table: SpaceCosts, costs: CostModel,
+                   latency_estimate: Optional[np.ndarray] = None, limit: int = 500) -> Optional[Architecture]:
+    """The architecture the size ``rule`` ranks first among all of the space's architectures
+    within ``costs.budget``. Parameter and FLOP bounds are applied exactly to the whole table;
+    a latency bound is checked by measurement (``costs.fits``), in rule order, on at most
+    ``limit`` candidates that ``latency_estimate`` (per architecture of ``table``, e.g. a
+    ``latency.LayerLatencyModel`` enumerated with ``table.additive``, which reads ~30% low)
+    does not already put over it."""
+    budget = costs.budget
+    mask = np.ones(len(table), dtype=bool)
+    if budget.max_params is not None:
+        mask &= table.params <= budget.max_params
+    if budget.max_flops is not None:
+        mask &= table.flops <= budget.max_flops
+    if budget.max_latency_ms is not None and latency_estimate is not None:
+        mask &= latency_estimate * 1.1 <= budget.max_latency_ms
+    return table.first(costs.fits, key=SIZE_RULES[rule](table), mask=mask, limit=limit)
+
+
+@torch.no_grad()
+def naswot_score(forward_features: Callable[[torch.Tensor], list[torch.Tensor]], images: torch.Tensor) -> float:
+    """NASWOT (Mellor et al. 2021): ``log|K|`` of the kernel ``K = N_A - d_H`` of the
+    images' binary ReLU codes (``N_A``: number of units; ``d_H``: Hamming distance between two
+    images' codes). A network whose units separate the images well scores high.
+    ``forward_features`` returns the pre-activation maps whose signs make the code."""
+    maps = forward_features(images)
+    codes = torch.cat([(m > 0).flatten(1).float() for m in maps], dim=1)
+    k = codes @ codes.t() + (1 - codes) @ (1 - codes).t()
+    sign, logdet = torch.linalg.slogdet(k.double())
+    return float(logdet) if float(sign) > 0 else float("-inf")
