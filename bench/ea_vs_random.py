@@ -30,7 +30,7 @@ from lightning_metanas.data import EpisodicDataModule  # noqa: E402
 from lightning_metanas.evolution import EvolutionarySearch, EvolutionConfig  # noqa: E402
 from lightning_metanas.module import MetaNASModule  # noqa: E402
 from lightning_metanas.predictor import PredictorConfig  # noqa: E402
-from lightning_metanas.scoring import score_architectures, stack_tasks  # noqa: E402
+from lightning_metanas.scoring import Scorer, first_tasks  # noqa: E402
 
 STRATEGIES = ("evolution", "random")
 
@@ -50,28 +50,13 @@ def parse(args=None) -> argparse.Namespace:
     return parser.parse_args(args)
 
 
-class CachedScorer:
-    """Real scoring on fixed tasks, each architecture once."""
-
-    def __init__(self, module: MetaNASModule, tasks) -> None:
-        self.module, self.tasks, self.cache = module, tasks, {}
-
-    def __call__(self, archs):
-        todo = [a for a in archs if a not in self.cache]
-        scores = score_architectures(self.module.adapter, todo, self.tasks, self.module.meta.eval_inner_steps)
-        self.cache.update(zip(todo, scores))
-        return [self.cache[a] for a in archs]
-
-
-def run_search(space, config: EvolutionConfig, seed: int, generations: int, score) -> dict:
-    search = EvolutionarySearch(space, config, seed=seed)
-    curve = []  # best score found after each real scoring
-    for _ in range(generations):
-        archs = search.to_score(search.propose())
-        scores = score(archs)
-        for value in scores:
-            curve.append(max(value, curve[-1]) if curve else value)
-        search.accept(dict(zip(archs, scores)))
+def run_search(space, config: EvolutionConfig, seed: int, generations: int, scorer: Scorer) -> dict:
+    """One search of ``generations`` generations on fixed weights; its best-so-far curve."""
+    search = EvolutionarySearch(space, EvolutionConfig(**{**vars(config), "generations": generations}), seed=seed)
+    search.run(scorer)
+    curve = []  # best score found after each real scoring, in the order scored
+    for arch in search.archive:
+        curve.append(max(search.archive[arch], curve[-1]) if curve else search.archive[arch])
     best = max(search.archive, key=search.archive.get)
     return {"real_scorings": len(search.archive), "best_score": search.archive[best], "best_arch": best, "curve": curve}
 
@@ -86,9 +71,9 @@ def main(args=None) -> dict:
     data = EpisodicDataModule(**settings)
     data.setup()
     module = MetaNASModule.load_from_checkpoint(config.ckpt_path, map_location="cpu", weights_only=True)
-    val, test = data.task_dataset("val"), data.task_dataset("test")
-    score = CachedScorer(module, stack_tasks([val[i] for i in range(min(config.tasks_per_score, len(val)))]))
-    meta_test = CachedScorer(module, stack_tasks([test[i] for i in range(config.test_tasks)]))
+    steps = module.meta.eval_inner_steps
+    score = Scorer.on_tasks(module.adapter, first_tasks(data.task_dataset("val"), config.tasks_per_score), steps)
+    meta_test = Scorer.on_tasks(module.adapter, first_tasks(data.task_dataset("test"), config.test_tasks), steps)
 
     started = time.perf_counter()
     runs = []
@@ -97,8 +82,7 @@ def main(args=None) -> dict:
             evolution = EvolutionConfig(
                 population_size=config.population_size, offspring=config.offspring,
                 pool_size=config.pool_size, selection="aging", rescore_population=False,
-                uniform_share=0.0, strategy=strategy, tasks_per_score=config.tasks_per_score,
-                predictor=PredictorConfig(min_archive=config.min_archive),
+                strategy=strategy, predictor=PredictorConfig(min_archive=config.min_archive),
             )
             result = run_search(module.space, evolution, seed, config.generations, score)
             result.update(seed=seed, strategy=strategy, test_acc=meta_test([result["best_arch"]])[0])
@@ -109,7 +93,7 @@ def main(args=None) -> dict:
                 f"({result['best_arch']})", flush=True,
             )
 
-    print(f"\n{len(score.cache)} distinct architectures scored, {time.perf_counter() - started:.0f} s")
+    print(f"\n{len(score.accuracies)} distinct architectures scored, {time.perf_counter() - started:.0f} s")
     print(f"{data.ways}-way {data.shots}-shot, checkpoint {config.ckpt_path}, seeds {config.seeds}\n")
     print("| search | real scorings | best score (mean ± std) | meta-test acc. of its best (mean ± std) | per seed: best score / meta-test |")
     print("| --- | --- | --- | --- | --- |")

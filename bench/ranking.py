@@ -38,11 +38,10 @@ from lightning_metanas.checkpoints import data_settings, read_checkpoint  # noqa
 from lightning_metanas.data import EpisodicDataModule  # noqa: E402
 from lightning_metanas.module import MetaNASModule  # noqa: E402
 from lightning_metanas.ranking import rank_agreement  # noqa: E402
-from lightning_metanas.scoring import score_architectures, size_weighted, stack_tasks  # noqa: E402
-from lightning_metanas.evolution import EvolutionConfig  # noqa: E402
-from lightning_metanas.predictor import PredictorConfig  # noqa: E402
+from lightning_metanas.scoring import Scorer, stack_tasks  # noqa: E402
+from lightning_metanas.search_config import SearchConfig  # noqa: E402
 from lightning_metanas.search_space import Architecture  # noqa: E402
-from bench.ea_vs_random import CachedScorer, run_search  # noqa: E402
+from bench.ea_vs_random import run_search  # noqa: E402
 
 BASE = ["--config", "configs/results/omniglot_5w1s.yaml", "--trainer.max_epochs=6"]
 SEARCH = ["--config", "configs/results/search.yaml"]
@@ -104,23 +103,14 @@ def scoring_tasks(checkpoint: dict, count: int, queries: Optional[int], redraw: 
     return stack_tasks([dataset[i] for i in range(redraw * count, (redraw + 1) * count)])
 
 
-def with_prior(model: MetaNASModule, size_prior: float, archs: list[Architecture], scores: list[float]) -> list[float]:
-    """The scores the search would keep: accuracies with the size prior applied."""
-    largest = model.supernet.largest_num_parameters()
-    return [size_weighted(s, model.supernet.num_parameters(a), largest, size_prior) for a, s in zip(archs, scores)]
-
-
 def score(ckpt: Path, archs: list[Architecture], count: int, queries: Optional[int], redraws: int,
           size_prior: float) -> list[list[float]]:
     """``scores[r][i]``: architecture ``i`` scored on redraw ``r`` of the scoring tasks."""
     checkpoint = read_checkpoint(ckpt)
     model = MetaNASModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     steps = model.meta.eval_inner_steps
-    return [
-        with_prior(model, size_prior, archs, score_architectures(
-            model.adapter, archs, scoring_tasks(checkpoint, count, queries, r), steps))
-        for r in range(redraws)
-    ]
+    return [Scorer.on_tasks(model.adapter, scoring_tasks(checkpoint, count, queries, r), steps, size_prior)(archs)
+            for r in range(redraws)]
 
 
 def search_picks(ckpt: Path, count: int, queries: Optional[int], size_prior: float, seeds: list[int],
@@ -128,12 +118,9 @@ def search_picks(ckpt: Path, count: int, queries: Optional[int], size_prior: flo
     """What the evolutionary search (the settings of ``configs/results/search.yaml``) picks on
     this SuperNet with this scoring, weights fixed, one search per seed."""
     model = MetaNASModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
-    cached = CachedScorer(model, scoring_tasks(read_checkpoint(ckpt), count, queries, 0))
-
-    def scorer(archs: list[Architecture]) -> list[float]:
-        return with_prior(model, size_prior, archs, cached(archs))
-    config = EvolutionConfig(population_size=8, offspring=4, pool_size=16, rescore_population=False,
-                             tasks_per_score=count, predictor=PredictorConfig(min_archive=16))
+    scorer = Scorer.on_tasks(model.adapter, scoring_tasks(read_checkpoint(ckpt), count, queries, 0),
+                             model.meta.eval_inner_steps, size_prior)
+    config = SearchConfig(tasks_per_score=count, score_queries=queries, size_prior=size_prior)
     picks = []
     for seed in seeds:
         result = run_search(model.space, config, seed, generations, scorer)

@@ -1,11 +1,13 @@
-"""When the evolutionary search runs: one or more generations at the end of each training epoch,
-until ``search.generations`` have run; the remaining epochs meta-train the best architecture
-alone.
+"""When the evolutionary search runs: after the warm-up, one or more generations at the end of
+an epoch, until ``search.generations`` have run; the remaining epochs meta-train the best
+architecture alone.
 
-The algorithm is ``lightning_metanas.evolution.EvolutionarySearch``; this callback only
-schedules it, shards the real scoring over DDP ranks, broadcasts rank 0's decisions, hands the
-new population to the LightningModule's sampler, logs each generation's record and writes the
-search's files (``lightning_metanas.search_files``) next to the checkpoints.
+The algorithm is ``lightning_metanas.evolution.EvolutionarySearch`` and the score
+``lightning_metanas.scoring.Scorer`` (with the cost budget of ``lightning_metanas.costs``);
+this callback only schedules them, shards the real scoring over DDP ranks, broadcasts rank 0's
+decisions, hands the new population to the LightningModule's sampler, logs each generation's
+record and writes the search's files (``lightning_metanas.search_files``) next to the
+checkpoints.
 
 train.py adds it, first in the trainer's list, whenever the command line or a config has a
 ``search`` section (``--search.<field>``, ``lightning_metanas.cli``). Why
@@ -23,9 +25,12 @@ import torch
 from pytorch_lightning.callbacks import Callback
 
 from callbacks.progress import scoring_progress
-from lightning_metanas.evolution import EvolutionarySearch, EvolutionConfig, GenerationRecord
+from lightning_metanas.costs import CostModel
+from lightning_metanas.errors import SettingsError
+from lightning_metanas.evolution import EvolutionarySearch, GenerationRecord
 from lightning_metanas.samplers import FixedSampler, PopulationSampler
-from lightning_metanas.scoring import Tasks, score_architectures, size_weighted, stack_tasks
+from lightning_metanas.scoring import Scorer, Tasks, first_tasks, score_architectures
+from lightning_metanas.search_config import SearchConfig
 from lightning_metanas.search_files import scored_record, write_search_files
 from lightning_metanas.search_space import Architecture
 
@@ -34,30 +39,43 @@ class EvolutionCallback(Callback):
     """Evolves the population that the meta-train step samples its subnets from.
 
     Args:
-        config: settings of the evolutionary search (``--search.*``).
+        config: settings of the search (``--search.*``).
     """
 
-    def __init__(self, config: EvolutionConfig = EvolutionConfig()) -> None:
+    def __init__(self, config: SearchConfig = SearchConfig()) -> None:
         self.config = config
         self.search: Optional[EvolutionarySearch] = None
+        self.costs: Optional[CostModel] = None
+        self.scorer: Optional[Scorer] = None  # scores under the weights of _scorer_step
         self.scored: Optional[dict] = None  # the last scored.json written (tracking draws it)
         self._restored: Optional[dict] = None
         self._tasks: Optional[Tasks] = None
         self._export_dir: Optional[Path] = None
-        self._sizes: dict[Architecture, tuple[int, int]] = {}
-        self._cache: dict[Architecture, float] = {}  # scores under the weights of _cache_step
-        self._cache_step: Optional[int] = None
-        self.real_scorings = 0
+        self._scorer_step: Optional[int] = None
 
     # -- lifecycle -----------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Everything that can refuse the run does so here, before step 1: a warm-up that
+        leaves no epoch to search in, a budget nothing in the space meets, bad scoring tasks."""
+        hp = pl_module.hparams
+        if self.costs is None:
+            self.costs = CostModel(pl_module.space, hp.ways, hp.image_channels, hp.image_size,
+                                   self.config.budget, supernet=pl_module.supernet)
         if self.search is None:
-            self.search = EvolutionarySearch(pl_module.space, self.config)
+            self.search = EvolutionarySearch(pl_module.space, self.config, fits=self.costs.fits)
         if self._restored is not None:
             self.search.load_state_dict(self._restored)
             self._restored = None
-        if stage == "fit" and trainer.datamodule is not None:
-            self.scoring_tasks(trainer, pl_module)  # a bad score_queries stops the run before step 1
+        if stage == "fit":
+            warmup, epochs = self.config.warmup(trainer.max_epochs), trainer.max_epochs
+            if epochs is not None and epochs > 0 and warmup >= epochs and not trainer.fast_dev_run:
+                raise SettingsError(
+                    f"search.warmup_epochs={warmup} leaves no epoch for the search in a run of "
+                    f"{epochs} epochs (trainer.max_epochs): lower search.warmup_epochs below {epochs} "
+                    "or leave it unset (half the run)")
+            self.costs.check_feasible()
+            if trainer.datamodule is not None:
+                self.scoring_tasks(trainer, pl_module)  # a bad score_queries stops the run here
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Resolved here on every rank (trainer.log_dir may broadcast), never inside rank-0 code.
@@ -69,7 +87,7 @@ class EvolutionCallback(Callback):
             self._install_sampler(pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch < self.config.warmup_epochs:  # SuperNet warm-up: no search yet
+        if trainer.current_epoch < self.config.warmup(trainer.max_epochs):  # SuperNet warm-up: no search yet
             return
         for _ in range(self.config.generations_per_epoch):
             if self.search.finished:
@@ -89,37 +107,26 @@ class EvolutionCallback(Callback):
 
     # -- one generation ------------------------------------------------------------------
     def scoring_tasks(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tasks:
-        """The first ``tasks_per_score`` validation tasks (with ``score_queries`` query images
-        per class): the same for every candidate and every generation, on every rank."""
+        """The first ``tasks_per_score`` validation tasks (``score_queries`` queries per class)."""
         if self._tasks is None:
-            dataset = trainer.datamodule.task_dataset("val")
-            if self.config.score_queries is not None:
-                dataset = dataset.variant(
-                    queries=self.config.score_queries, num_tasks=self.config.tasks_per_score,
-                    setting="search.score_queries",
-                )
-            count = min(self.config.tasks_per_score, len(dataset))
-            self._tasks = stack_tasks([dataset[i] for i in range(count)])
+            self._tasks = first_tasks(trainer.datamodule.task_dataset("val"), self.config.tasks_per_score,
+                                      self.config.score_queries)
         return tuple(t.to(pl_module.device) for t in self._tasks)  # type: ignore[return-value]
 
-    def score(self, trainer: pl.Trainer, pl_module: pl.LightningModule, archs: list[Architecture]) -> list[float]:
-        """Each rank scores every ``world_size``-th architecture; a sum-reduce of the
-        zero-padded score vectors gives every rank all the scores. An architecture already
-        scored under the current weights (by an earlier generation at the same step, e.g.
-        several generations after a warm-up) keeps its score: scoring is deterministic, so
-        scoring it again would only repeat the number. Returned with ``search.size_prior`` applied."""
-        if self._cache_step != trainer.global_step:
-            self._cache, self._cache_step = {}, trainer.global_step
-        fresh = [a for a in archs if a not in self._cache]
-        self._cache.update(zip(fresh, self._score_fresh(trainer, pl_module, fresh)))
-        self.real_scorings = len(fresh)
-        largest = pl_module.supernet.largest_num_parameters()
-        return [size_weighted(self._cache[a], self._size(pl_module, a)[0], largest, self.config.size_prior)
-                for a in archs]
+    def scorer_for(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Scorer:
+        """The scorer of the current weights: scores are remembered until the next training
+        step (several generations at one epoch's end score on the same weights, and scoring is
+        deterministic, so an architecture met again keeps its score)."""
+        if self.scorer is None or self._scorer_step != trainer.global_step:
+            net = pl_module.supernet
+            self.scorer = Scorer(lambda archs: self._score_sharded(trainer, pl_module, archs), self.costs.params,
+                                 net.largest_num_parameters(), self.config.size_prior)
+            self._scorer_step = trainer.global_step
+        return self.scorer
 
-    def _score_fresh(self, trainer: pl.Trainer, pl_module: pl.LightningModule, archs: list[Architecture]) -> list[float]:
-        if not archs:
-            return []
+    def _score_sharded(self, trainer: pl.Trainer, pl_module: pl.LightningModule, archs: list[Architecture]) -> list[float]:
+        """Raw accuracies: each rank scores every ``world_size``-th architecture; a sum-reduce of
+        the zero-padded vectors gives every rank all of them."""
         rank, world = trainer.global_rank, trainer.world_size
         tasks = self.scoring_tasks(trainer, pl_module)
         mine = list(range(rank, len(archs), world))
@@ -140,10 +147,11 @@ class EvolutionCallback(Callback):
         # Decisions happen once, on rank 0, and are broadcast: every rank scores the same list.
         proposals = [a.to_dict() for a in search.to_score(search.propose())] if trainer.is_global_zero else None
         archs = [Architecture.from_dict(a) for a in strategy.broadcast(proposals, src=0)]
-        scores = self.score(trainer, pl_module, archs)
+        scorer = self.scorer_for(trainer, pl_module)
+        scores = scorer(archs)
         state = None
         if trainer.is_global_zero:
-            search.accept(dict(zip(archs, scores)), self.real_scorings)
+            search.accept(dict(zip(archs, scores)), scorer.real_scorings, {a: scorer.accuracies[a] for a in archs})
             state = search.state_dict()
         search.load_state_dict(strategy.broadcast(state, src=0))
         record = search.history[-1]  # the record accept returned, on every rank
@@ -151,7 +159,7 @@ class EvolutionCallback(Callback):
         self._log(pl_module, record)
         if trainer.is_global_zero and self._export_dir is not None:
             self.scored = scored_record(
-                search, lambda arch: self._size(pl_module, arch), ways=pl_module.hparams.ways,
+                search, self.costs, ways=pl_module.hparams.ways,
                 image_size=pl_module.hparams.image_size, image_channels=pl_module.hparams.image_channels,
             )
             write_search_files(self._export_dir, search, self.scored)
@@ -175,14 +183,6 @@ class EvolutionCallback(Callback):
         metrics["search/archive_size"] = float(len(self.search.archive))
         # Identical on every rank already (broadcast), so no sync is needed.
         pl_module.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=False)
-
-    def _size(self, pl_module: pl.LightningModule, arch: Architecture) -> tuple[int, int]:
-        """(parameters, multiply-accumulates per image) of the stand-alone subnet."""
-        if arch not in self._sizes:
-            supernet = pl_module.supernet
-            self._sizes[arch] = (int(supernet.num_parameters(arch)),
-                                 int(supernet.flops(arch, pl_module.hparams.image_size)))
-        return self._sizes[arch]
 
     @staticmethod
     def export_dir(trainer: pl.Trainer) -> Optional[Path]:

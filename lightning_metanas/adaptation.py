@@ -15,13 +15,13 @@ matter and fine-tuning starts from an unbiased classifier on top of the meta-lea
 features). ``head="zero"`` zeroes it also when ``C == ways``; by default the meta-learned head
 is kept then.
 
-**Score of a candidate** (one "real scoring" of the budget): the project's own real scoring
-(``scoring.score_architectures``: ``score_steps`` SGD steps at the meta inner learning rate
-from the meta-weights, then accuracy on a query set), on ``score_tasks`` partitions of the
-*train* split into a support part (``score_shots`` images per class) and a held-out query
-part (``score_queries`` per class). Every candidate sees the same partitions, so scores
-compare. The weights never change during the search, so a score is final: survivors are not
-re-scored.
+**Score of a candidate** (one "real scoring" of the budget): the project's one scorer
+(``scoring.Scorer``: ``score_steps`` SGD steps at the meta inner learning rate from the
+meta-weights, then accuracy on a query set, times the meta-search's size prior), on
+``score_tasks`` partitions of the *train* split into a support part (``score_shots`` images
+per class) and a held-out query part (``score_queries`` per class). Every candidate sees the
+same partitions, so scores compare. The weights never change during the search, so a score is
+final: survivors are not re-scored. The meta-search's cost budget holds here too.
 
 **Search.** ``EvolutionarySearch`` (the class the meta-search runs), with the checkpoint's
 evolution settings (population capped by the budget) and exactly ``budget`` real scorings:
@@ -50,17 +50,19 @@ import copy
 import random
 import time
 from dataclasses import dataclass, field, replace
-from typing import Iterator, Literal, Optional
+from typing import Callable, Iterator, Literal, Optional
 
 import torch
 from torch import nn
 
 from lightning_metanas.data.omniglot import LabelledImages
 from lightning_metanas.errors import SettingsError, require_int, require_positive
-from lightning_metanas.evolution import EvolutionarySearch, EvolutionConfig
+from lightning_metanas.costs import CostModel
+from lightning_metanas.evolution import EvolutionarySearch
 from lightning_metanas.maml import Batch, MetaConfig, TaskAdapter
 from lightning_metanas.predictor import PerformancePredictor
-from lightning_metanas.scoring import Tasks, score_architectures
+from lightning_metanas.scoring import Scorer, Tasks
+from lightning_metanas.search_config import SearchConfig
 from lightning_metanas.search_space import Architecture, SearchSpace
 from lightning_metanas.supernet import SuperNet
 
@@ -224,9 +226,9 @@ class FrozenPredictor(PerformancePredictor):
 
 
 def adaptation_evolution_config(
-    base: EvolutionConfig, budget: int, population_size: Optional[int] = None,
+    base: SearchConfig, budget: int, population_size: Optional[int] = None,
     offspring: Optional[int] = None,
-) -> EvolutionConfig:
+) -> SearchConfig:
     """The meta-search's settings for a one-task search: population capped by the budget, no
     re-scoring of survivors (the weights are fixed, so a score is final)."""
     population = max(2, min(population_size or base.population_size, budget))
@@ -238,6 +240,7 @@ def adaptation_evolution_config(
         pool_size=max(base.pool_size, offspring),
         tournament_size=min(base.tournament_size, population),
         rescore_population=False,
+        generations=None,  # the number of real scorings ends it
     )
 
 
@@ -257,60 +260,44 @@ def meta_population(state: dict, space: SearchSpace, size: int) -> list[Architec
 
 
 def search_architecture(
-    adapter: TaskAdapter,
+    scorer: Scorer,
     space: SearchSpace,
-    tasks: Tasks,
-    steps: int,
-    config: EvolutionConfig,
+    config: SearchConfig,
     budget: int,
     seed: int = 0,
     meta_state: Optional[dict] = None,
+    fits: Optional[Callable[[Architecture], bool]] = None,
 ) -> SearchOutcome:
-    """At most ``budget`` real scorings of ``EvolutionarySearch`` on the task: warm-started
-    from ``meta_state`` (the checkpoint's ``EvolutionarySearch.state_dict()``: population,
-    archive and predictor) when given, from a random population otherwise."""
+    """At most ``budget`` real scorings of ``EvolutionarySearch.run`` on the task (``scorer``):
+    warm-started from ``meta_state`` (the checkpoint's ``EvolutionarySearch.state_dict()``:
+    population, archive and predictor) when given, from a random population otherwise; only
+    architectures that ``fits`` (the cost budget)."""
     start = time.perf_counter()
-    search = EvolutionarySearch(space, config, seed=seed)
+    search = EvolutionarySearch(space, config, seed=seed, fits=fits)
     search.predictor = FrozenPredictor(space, config.predictor, seed=seed)
     if meta_state is not None:
-        initial = meta_population(meta_state, space, config.population_size)
+        initial = [a for a in meta_population(meta_state, space, config.population_size) if search.fits(a)]
         if not initial:
-            raise SettingsError("the checkpoint's search has no population to warm-start from")
-        if len(initial) < config.population_size:  # a tiny meta-archive: fill up at random
-            while len(initial) < min(config.population_size, space.size()):
-                arch = space.sample(search.rng)
-                if arch not in initial:
-                    initial.append(arch)
+            raise SettingsError("the checkpoint's search has no population within its budget to warm-start from")
+        while len(initial) < min(config.population_size, space.size()):  # a tiny meta-archive: fill up at random
+            arch = search.sample()
+            if arch not in initial:
+                initial.append(arch)
         search.predictor.load_state_dict(meta_state["predictor"])
         search.predictor_tau = meta_state.get("predictor_tau")
-    else:
-        initial = search.initial_population()
-    outcome_scored: list[dict] = []
-    predictor_used = False
-
-    def score(archs: list[Architecture]) -> None:
-        scores = score_architectures(adapter, archs, tasks, steps)
-        for arch, value in zip(archs, scores):
-            outcome_scored.append({
-                "arch": arch.to_dict(), "score": value, "generation": search.generation,
-                "predicted": search.predicted.get(arch),
-            })
-        search.accept(dict(zip(archs, scores)))
-
-    score(initial[:budget])
-    while len(outcome_scored) < budget:
-        proposals = search.propose()[: budget - len(outcome_scored)]
-        if not proposals:  # the space is exhausted
-            break
-        predictor_used |= any(arch in search.predicted for arch in proposals)
-        score(proposals)
-    best = max(outcome_scored, key=lambda entry: entry["score"])  # first of the best on ties
+        search.initial_population = lambda: initial  # the first generation scores these
+    search.run(scorer, max_scorings=budget)
+    scored = [{"arch": a.to_dict(), "score": s, "accuracy": search.accuracies[a],
+               "generation": search.first_scored[a], "predicted": search.predicted.get(a)}
+              for a, s in search.archive.items()]
+    # equal scores (easy tasks score many candidates 1.0): the cheaper network
+    best = max(scored, key=lambda entry: (entry["score"], -scorer.params(Architecture.of(entry["arch"]))))
     return SearchOutcome(
         best=Architecture.from_dict(best["arch"]),
         best_score=best["score"],
-        scored=outcome_scored,
+        scored=scored,
         generations=search.generation,
-        predictor_used=predictor_used,
+        predictor_used=any(record.predictor_used for record in search.history),
         seconds=time.perf_counter() - start,
     )
 
@@ -383,7 +370,7 @@ def adapt(
         )
     if train.num_classes != val.num_classes:
         raise SettingsError("train and validation splits have different classes")
-    base = EvolutionConfig(**search_state["config"]) if search_state else EvolutionConfig()
+    base = SearchConfig.from_dict(search_state["config"]) if search_state else SearchConfig()
     evolution = adaptation_evolution_config(base, config.budget, config.population_size, config.offspring)
     net, head = task_network(supernet, train.num_classes, config.head, config.init, config.seed)
     device = net.head_weight.device
@@ -391,9 +378,15 @@ def adapt(
     val = LabelledImages(val.images.to(device), val.labels.to(device), val.class_names)
     adapter = TaskAdapter.from_config(net, meta)
     tasks = scoring_tasks(train, config.score_tasks, config.score_shots, config.score_queries, config.seed)
+    # the meta-search's score (its size prior; parameters counted on the meta-SuperNet, whose
+    # head the prior's unit was measured with) and its cost budget
+    scorer = Scorer.on_tasks(adapter, tasks, config.score_steps or meta.eval_inner_steps, base.size_prior)
+    scorer.params, scorer.largest = supernet.num_parameters, supernet.largest_num_parameters()
+    costs = CostModel(supernet.space, supernet.ways, supernet.in_channels, train.images.shape[-1], base.budget,
+                      supernet=supernet)
     outcome = search_architecture(
-        adapter, supernet.space, tasks, config.score_steps or meta.eval_inner_steps, evolution,
-        config.budget, config.seed, search_state if config.warm_start else None,
+        scorer, supernet.space, evolution, config.budget, config.seed,
+        search_state if config.warm_start else None, fits=costs.fits,
     )
     start = time.perf_counter()
     params = finetune(

@@ -8,7 +8,7 @@ not a subcommand.
 Besides the model, data and trainer, the command line has groups of its own: the two
 checkpoint callbacks (``--checkpoint.*``, ``--last_checkpoint.*``), the callbacks train.py
 forces on every run (``--finite_guard.*``, ``--tracking.*``) and the search (``--search.*``:
-the fields of ``EvolutionConfig``). The search runs when its group is given (any
+the fields of ``SearchConfig``). The search runs when its group is given (any
 ``--search.<field>`` flag, or a ``search:`` section in a config) and not when it is absent or
 null; its callback then stands first among the trainer's callbacks, so the order of the
 others does not matter.
@@ -30,8 +30,8 @@ from pytorch_lightning.loggers import CSVLogger
 from lightning_metanas.checkpoints import load_weights_only
 from lightning_metanas.data import EpisodicDataModule
 from lightning_metanas.errors import SettingsError
-from lightning_metanas.evolution import EvolutionConfig
 from lightning_metanas.module import MetaNASModule
+from lightning_metanas.search_config import SearchConfig
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     # Adaptation at validation/test needs gradients; inference mode would forbid them.
@@ -43,7 +43,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 }
 
 
-SearchCallback = Callable[[EvolutionConfig], Callback]
+SearchCallback = Callable[[SearchConfig], Callback]
 
 
 class MetaNASCLI(LightningCLI):
@@ -95,7 +95,7 @@ class MetaNASCLI(LightningCLI):
             parser.add_lightning_class_args(callback, key)
         if self.search_callback is not None:
             parser.add_argument(
-                "--search", type=Optional[EvolutionConfig], default=None,
+                "--search", type=Optional[SearchConfig], default=None,
                 help="The across-task search (evolution + predictor), one generation per epoch; "
                      "off unless given: any --search.<field> or a search: section turns it on, "
                      "--search=null turns a config's search off. --search.help lists the fields.",

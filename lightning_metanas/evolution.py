@@ -3,18 +3,27 @@
 One generation is ``propose()`` (breed a pool of offspring by crossover and mutation, let the
 predictor, once trusted, pick the most promising), scoring by the caller (few-shot adaptation,
 possibly sharded over DDP ranks), and ``accept()`` (archive every score, select survivors,
-retrain the predictor when due). Keeping the scoring outside makes the algorithm testable with
-any score function, and lets the callback decide where and when scores are computed.
+retrain the predictor when due). ``step(score)`` is one generation with a score function and
+``run(score)`` the whole search: what ``adapt.py`` and the benches call; the Lightning
+callback calls ``propose``/``accept`` itself because it broadcasts decisions between DDP ranks.
+Keeping the scoring outside makes the algorithm testable with any score function.
+
+A cost budget is a constraint *inside* the search (``fits``): the initial population, every
+mutation, crossover and fresh sample is drawn until it fits, so nothing outside the budget is
+ever proposed or scored.
 """
 from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass, field, fields
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional, Sequence
 
 from lightning_metanas.errors import SettingsError, require_int
 from lightning_metanas.predictor import PerformancePredictor, PredictorConfig
 from lightning_metanas.search_space import Architecture, SearchSpace
+
+
+_TRIES = 10_000  # draws before a budget is declared unreachable by sampling
 
 
 class EvolutionSettingsError(SettingsError):
@@ -24,8 +33,9 @@ class EvolutionSettingsError(SettingsError):
 
 @dataclass
 class EvolutionConfig:
-    """Settings of the evolutionary search: each field is the flag ``--search.<field>`` of
-    train.py (and a key of its config's ``search:`` section).
+    """The evolutionary algorithm's settings, and nothing it does not read. ``SearchConfig``
+    (``search_config.py``) adds how candidates are scored, the cost budget and the schedule:
+    its fields are train.py's ``--search.<field>`` flags.
 
     Args:
         population_size: architectures alive at once (the meta-train step samples them).
@@ -37,26 +47,10 @@ class EvolutionConfig:
         tournament_size: candidates compared when picking each parent.
         crossover_prob: chance a child comes from crossover of two parents (then mutated).
         mutation_prob: per-gene mutation probability.
-        tasks_per_score: validation tasks each candidate adapts to; the same tasks for every
-            candidate of a run, so scores compare.
-        score_queries: query images per class in each scoring task (``None``: as many as the
-            data's ``queries``). Scoring costs forward passes, not meta-training budget, and
-            more queries lower the noise of a score (``bench/ranking.py`` measures it).
-        size_prior: strength of the prior for larger subnets: an architecture's score is its
-            mean query accuracy times (its parameters / the space's largest subnet's) to this
-            power (``scoring.size_weighted``; 0: accuracy alone). Every score the search keeps,
-            logs and plots is this one.
-        warmup_epochs: epochs the SuperNet is meta-trained under ``model.sampling`` before
-            the first generation, so that the first scores rank architectures on trained
-            weights rather than on the initialisation.
-        rescore_population: re-score the survivors each generation on the same tasks, so that
-            selection compares everyone under the current shared weights.
-        uniform_share: share of meta-train tasks that get a uniformly sampled architecture
-            rather than a population member, so the SuperNet keeps covering the space.
-        generations_per_epoch: generations run at the end of each training epoch.
-        generations: stop evolving after this many generations; the remaining epochs
-            meta-train the best architecture alone (the final training of a searched network,
-            inside the same run and meta-training budget). ``None``: evolve until the end.
+        rescore_population: re-score the survivors each generation, so that selection
+            compares everyone under the current shared weights (only useful while the weights
+            change between generations).
+        generations: stop after this many generations (``None``: never; the caller stops).
         strategy: ``evolution`` (crossover and mutation of the population, screened by the
             predictor) or ``random`` (fresh uniform samples, no predictor: the random-search
             baseline with the same scoring, selection and budget).
@@ -64,37 +58,23 @@ class EvolutionConfig:
         seed: seed of the search's own random choices (the same on every DDP rank).
     """
 
-    population_size: int = 10
-    offspring: int = 6
-    pool_size: int = 24
+    population_size: int = 8
+    offspring: int = 4
+    pool_size: int = 16
     selection: Literal["aging", "tournament"] = "aging"
     tournament_size: int = 3
     crossover_prob: float = 0.5
     mutation_prob: float = 0.2
-    tasks_per_score: int = 20
-    score_queries: Optional[int] = None
-    size_prior: float = 0.0
-    warmup_epochs: int = 0
-    rescore_population: bool = True
-    uniform_share: float = 0.25
-    generations_per_epoch: int = 1
-    generations: Optional[int] = None
+    rescore_population: bool = False
+    generations: Optional[int] = 8
     strategy: Literal["evolution", "random"] = "evolution"
-    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    predictor: PredictorConfig = field(default_factory=lambda: PredictorConfig(min_archive=16))
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.predictor, dict):  # from a checkpoint: skip settings since retired
-            known = PredictorConfig.__dataclass_fields__
-            self.predictor = PredictorConfig(**{k: v for k, v in self.predictor.items() if k in known})
-
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise EvolutionSettingsError(f"search.{message}")
-
-        minimums = {"population_size": 2, "offspring": 1, "tasks_per_score": 1, "generations_per_epoch": 1,
-                    "warmup_epochs": 0}
-        for name, minimum in minimums.items():
+        if isinstance(self.predictor, dict):  # from a checkpoint
+            self.predictor = PredictorConfig(**self.predictor)
+        for name, minimum in {"population_size": 2, "offspring": 1}.items():
             require_int(f"search.{name}", getattr(self, name), minimum, EvolutionSettingsError)
         need(
             self.pool_size >= self.offspring,
@@ -109,22 +89,28 @@ class EvolutionConfig:
             f"tournament_size must be between 2 and population_size ({self.population_size}), "
             f"got {self.tournament_size}",
         )
-        for name in ("crossover_prob", "mutation_prob", "uniform_share"):
+        for name in ("crossover_prob", "mutation_prob"):
             value = getattr(self, name)
             need(0.0 <= value <= 1.0, f"{name} must be in [0, 1], got {value}")
         need(
-            self.score_queries is None or self.score_queries >= 1,
-            f"score_queries must be >= 1 or null (the data's queries), got {self.score_queries}",
-        )
-        need(self.size_prior >= 0.0, f"size_prior must be >= 0 (0: no prior), got {self.size_prior}")
-        need(
-            self.generations is None or self.generations >= 1,
-            f"generations must be >= 1 or null (evolve until the end), got {self.generations}",
+            self.generations is None or (isinstance(self.generations, int) and self.generations >= 1),
+            f"generations must be >= 1 or null (no limit), got {self.generations}",
         )
         need(
             self.strategy in ("evolution", "random"),
             f"strategy must be one of ['evolution', 'random'], got {self.strategy!r}",
         )
+
+    @classmethod
+    def of(cls, config: "EvolutionConfig") -> "EvolutionConfig":
+        """The algorithm's part of ``config`` (e.g. of a ``SearchConfig``)."""
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+
+def need(ok: bool, message: str) -> None:
+    """``EvolutionSettingsError`` naming the flag (``search.<message>``) unless ``ok``."""
+    if not ok:
+        raise EvolutionSettingsError(f"search.{message}")
 
 
 @dataclass
@@ -148,6 +134,7 @@ class GenerationRecord:
     real_scorings: int
     predictor_used: bool  # the predictor was trusted when this generation's offspring were proposed
     predictor_tau: Optional[float]  # its rank quality after this generation's refit
+    best_accuracy: Optional[float] = None  # the best's raw query accuracy (its score may hold a size prior)
 
     def to_dict(self) -> dict:
         """Plain JSON (and checkpoint) form; ``from_dict`` reads it back."""
@@ -160,15 +147,29 @@ class GenerationRecord:
                       "predictor_used": data.get("predictor_used", False)})
 
 
-class EvolutionarySearch:
-    """Population, archive and predictor, with the moves of one generation."""
+Score = Callable[[Sequence[Architecture]], Sequence[float]]  # architectures -> their scores
 
-    def __init__(self, space: SearchSpace, config: EvolutionConfig, seed: Optional[int] = None) -> None:
+
+class EvolutionarySearch:
+    """Population, archive and predictor, with the moves of one generation.
+
+    Args:
+        space: the search space.
+        config: the algorithm's settings (a ``SearchConfig`` is one too; only these are read).
+        seed: overrides ``config.seed``.
+        fits: the cost budget: only architectures for which it is true are ever proposed.
+    """
+
+    def __init__(self, space: SearchSpace, config: EvolutionConfig, seed: Optional[int] = None,
+                 fits: Optional[Callable[[Architecture], bool]] = None) -> None:
         self.space, self.config = space, config
+        self.fits = fits or (lambda arch: True)
         seed = config.seed if seed is None else seed
         self.rng = random.Random(seed)
         self.population: list[Member] = []  # oldest first
         self.archive: dict[Architecture, float] = {}  # every architecture scored, latest score
+        self.accuracies: dict[Architecture, float] = {}  # the same, raw accuracy (no size prior)
+        self.first_scored: dict[Architecture, int] = {}  # the generation each was first scored in
         self.predicted: dict[Architecture, float] = {}
         self.generation = 0
         self.history: list[GenerationRecord] = []
@@ -176,15 +177,18 @@ class EvolutionarySearch:
         self.predictor_tau: Optional[float] = None
 
     # -- proposals -----------------------------------------------------------------------
-    def initial_population(self) -> list[Architecture]:
-        """Distinct random architectures to fill the first population."""
-        wanted = min(self.config.population_size, self.space.size())
-        archs: list[Architecture] = []
-        while len(archs) < wanted:
+    def sample(self) -> Architecture:
+        """A uniform sample of the space within the budget (rejection sampling)."""
+        for _ in range(_TRIES):
             arch = self.space.sample(self.rng)
-            if arch not in archs:
-                archs.append(arch)
-        return archs
+            if self.fits(arch):
+                return arch
+        raise RuntimeError(f"no architecture within the budget in {_TRIES} uniform samples")
+
+    def initial_population(self) -> list[Architecture]:
+        """Distinct random architectures within the budget to fill the first population."""
+        wanted = min(self.config.population_size, self.space.size())
+        return self._unseen(wanted, self.sample)
 
     def _parent(self) -> Architecture:
         contenders = self.rng.sample(
@@ -192,31 +196,41 @@ class EvolutionarySearch:
         )
         return max(contenders, key=lambda m: m.score).arch
 
-    def _unseen(self, n: int, draw) -> list[Architecture]:
-        """Up to ``n`` distinct draws not in the population nor already scored."""
+    def _unseen(self, n: int, draw: Callable[[], Architecture]) -> list[Architecture]:
+        """Up to ``n`` distinct draws within the budget, not in the population nor already
+        scored."""
         taken = {m.arch for m in self.population} | set(self.archive)
         found: list[Architecture] = []
         for _ in range(50 * n):
             if len(found) == n:
                 break
             arch = draw()
-            if arch not in taken and arch not in found:
+            if arch not in taken and arch not in found and self.fits(arch):
                 found.append(arch)
         return found
 
     def _child(self) -> Architecture:
-        if self.rng.random() < self.config.crossover_prob:
-            child = self.space.crossover(self._parent(), self._parent(), self.rng)
-            return self.space.mutate(child, self.rng, self.config.mutation_prob)
-        return self.space.mutate(self._parent(), self.rng, self.config.mutation_prob)
+        """Crossover (then mutation) or mutation of tournament-picked parents; redrawn until
+        the child fits the budget (a parent always does, so some child will)."""
+        child = None
+        for _ in range(_TRIES):
+            if self.rng.random() < self.config.crossover_prob:
+                child = self.space.crossover(self._parent(), self._parent(), self.rng)
+                child = self.space.mutate(child, self.rng, self.config.mutation_prob)
+            else:
+                child = self.space.mutate(self._parent(), self.rng, self.config.mutation_prob)
+            if self.fits(child):
+                return child
+        return child  # the caller's fits check drops it
 
     def breed(self, n: int) -> list[Architecture]:
         """Up to ``n`` distinct children by crossover and mutation, none seen before."""
         return self._unseen(n, self._child)
 
     def fresh(self, n: int) -> list[Architecture]:
-        """Up to ``n`` distinct uniform samples, none seen before (the random strategy)."""
-        return self._unseen(n, lambda: self.space.sample(self.rng))
+        """Up to ``n`` distinct uniform samples within the budget, none seen before (the
+        random strategy)."""
+        return self._unseen(n, self.sample)
 
     @property
     def finished(self) -> bool:
@@ -248,13 +262,17 @@ class EvolutionarySearch:
         return survivors + [a for a in proposals if a not in survivors]
 
     # -- selection -----------------------------------------------------------------------
-    def accept(self, scored: dict[Architecture, float], real_scorings: Optional[int] = None) -> GenerationRecord:
+    def accept(self, scored: dict[Architecture, float], real_scorings: Optional[int] = None,
+               accuracies: Optional[dict[Architecture, float]] = None) -> GenerationRecord:
         """Record the scores of one generation, select the survivors, retrain the predictor
         when due; returns the generation's record (also appended to ``history``).
         ``real_scorings``: how many of ``scored`` were scored for real (default: all), since a
-        caller may keep a score measured under the same weights by an earlier generation."""
+        caller may keep a score measured under the same weights by an earlier generation.
+        ``accuracies``: the raw accuracies behind the scores (default: the scores)."""
         for arch, score in scored.items():
             self.archive[arch] = float(score)
+            self.accuracies[arch] = float((accuracies or scored)[arch])
+            self.first_scored.setdefault(arch, self.generation)
         for member in self.population:
             if member.arch in scored:
                 member.score = float(scored[member.arch])
@@ -287,10 +305,34 @@ class EvolutionarySearch:
             real_scorings=len(scored) if real_scorings is None else real_scorings,
             predictor_used=predictor_used,
             predictor_tau=self.predictor_tau,
+            best_accuracy=self.accuracies.get(best.arch),
         )
         self.history.append(record)
         self.generation += 1
         return record
+
+    # -- the loop ------------------------------------------------------------------------
+    def step(self, score: Score, limit: Optional[int] = None) -> Optional[GenerationRecord]:
+        """One generation with ``score`` (a ``scoring.Scorer``, whose raw accuracies and count
+        of real scorings are recorded too, or any function of a list of architectures), at
+        most ``limit`` scorings; ``None`` when nothing is left to propose."""
+        archs = self.to_score(self.propose())[:limit]
+        if not archs:
+            return None
+        values = list(score(archs))
+        raw = getattr(score, "accuracies", None)  # a Scorer's cache of raw accuracies
+        return self.accept(dict(zip(archs, values)), getattr(score, "real_scorings", None),
+                           None if raw is None else {a: raw[a] for a in archs})
+
+    def run(self, score: Score, max_scorings: Optional[int] = None) -> list[GenerationRecord]:
+        """Generations until ``config.generations`` have run, the space is exhausted, or
+        ``max_scorings`` architectures have been scored (the last generation cut to fit).
+        Returns the history."""
+        while not self.finished:
+            left = None if max_scorings is None else max_scorings - len(self.archive)
+            if (left is not None and left <= 0) or self.step(score, left) is None:
+                break
+        return self.history
 
     def best(self) -> Member:
         """The search's answer. With ``rescore_population`` the survivors' scores are the
@@ -331,6 +373,8 @@ class EvolutionarySearch:
                 for m in self.population
             ],
             "archive": [[a.to_dict(), s] for a, s in self.archive.items()],
+            "accuracies": [[a.to_dict(), s] for a, s in self.accuracies.items()],
+            "first_scored": [[a.to_dict(), g] for a, g in self.first_scored.items()],
             "predicted": [[a.to_dict(), s] for a, s in self.predicted.items()],
             "history": [record.to_dict() for record in self.history],
             "predictor": self.predictor.state_dict(),
@@ -346,6 +390,8 @@ class EvolutionarySearch:
             for m in state["population"]
         ]
         self.archive = {Architecture.from_dict(a): s for a, s in state["archive"]}
+        self.accuracies = {Architecture.from_dict(a): s for a, s in state.get("accuracies", state["archive"])}
+        self.first_scored = {Architecture.from_dict(a): g for a, g in state.get("first_scored", [])}
         self.predicted = {Architecture.from_dict(a): s for a, s in state["predicted"]}
         self.history = [GenerationRecord.from_dict(record) for record in state["history"]]
         self.predictor.load_state_dict(state["predictor"])

@@ -1,48 +1,67 @@
 """The files a search leaves next to its checkpoints after every generation, so that plots and
 the report can be drawn again from files alone: ``best_arch.json`` (the best architecture),
-``search_history.json`` (one ``GenerationRecord`` per generation) and ``scored.json`` (the
-population and every architecture scored, with score, the predictor's estimate, parameters
-and multiply-accumulates). ``callbacks/evolution.py`` writes them; ``report.py`` reads them.
+``search_history.json`` (one ``GenerationRecord`` per generation), ``scored.json`` (the
+population and every architecture scored) and ``front.json`` (the accuracy-cost front: the
+scored architectures no other scored one beats on accuracy and every cost at once).
+``callbacks/evolution.py`` writes them; ``report.py`` reads them.
 
 A *row* of ``scored.json`` is what ``plots.py`` draws: ``arch`` (the architecture's JSON),
-``architecture`` (its label), ``score``, ``predicted`` (None when the predictor did not
-screen it), ``params``, ``flops``; plus ``born`` in the population, ``in_population`` in the
-archive.
+``architecture`` (its label), ``accuracy`` (the raw mean query accuracy after adaptation),
+``score`` (what the search ranks by: the accuracy times the size prior), ``predicted`` (None
+when the predictor did not screen it), ``params``, ``flops`` and, under a latency budget,
+``latency_ms``; plus ``born`` in the population, ``in_population`` in the archive.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
+from lightning_metanas.costs import CostModel
 from lightning_metanas.evolution import EvolutionarySearch
 from lightning_metanas.search_space import Architecture
 
 BEST_ARCH = "best_arch.json"
 HISTORY = "search_history.json"
 SCORED = "scored.json"
-Size = Callable[[Architecture], tuple[int, int]]  # (parameters, multiply-accumulates per image)
+FRONT = "front.json"
+COSTS = ("params", "flops", "latency_ms")
 
 
-def _row(arch: Architecture, score: float, predicted: Optional[float], size: Size) -> dict:
-    params, flops = size(arch)
-    return {"arch": arch.to_dict(), "architecture": str(arch), "score": float(score),
-            "predicted": None if predicted is None else float(predicted), "params": params, "flops": flops}
+def _row(search: EvolutionarySearch, arch: Architecture, score: float, costs: CostModel) -> dict:
+    predicted = search.predicted.get(arch)
+    return {"arch": arch.to_dict(), "architecture": str(arch), "accuracy": search.accuracies.get(arch, score),
+            "score": float(score), "predicted": None if predicted is None else float(predicted), **costs.of(arch)}
 
 
-def scored_record(search: EvolutionarySearch, size: Size, **shape: Optional[int]) -> dict:
+def scored_record(search: EvolutionarySearch, costs: CostModel, **shape: Optional[int]) -> dict:
     """The content of ``scored.json``: the generation, the input ``shape`` (``ways``,
-    ``image_size``, ``image_channels``), the best architecture, the population rows and the
-    archive rows (every architecture scored, its latest score)."""
+    ``image_size``, ``image_channels``), the budget, the best architecture, the population rows
+    and the archive rows (every architecture scored, its latest score)."""
     alive = {m.arch for m in search.population}
     return {
         "generation": search.history[-1].generation,
         **shape,
+        "budget": costs.budget.as_dict(),
         "best": search.best().arch.to_dict(),
-        "population": [dict(_row(m.arch, m.score, m.predicted, size), born=m.born) for m in search.population],
-        "archive": [dict(_row(arch, score, search.predicted.get(arch), size), in_population=arch in alive)
+        "population": [dict(_row(search, m.arch, m.score, costs), born=m.born) for m in search.population],
+        "archive": [dict(_row(search, arch, score, costs), in_population=arch in alive)
                     for arch, score in search.archive.items()],
     }
+
+
+def accuracy_cost_front(rows: list[dict]) -> list[dict]:
+    """The rows no other row dominates: at least as accurate and at most as costly in every
+    cost the rows hold, and strictly better in one. Sorted by parameters."""
+    keys = [k for k in COSTS if all(k in r for r in rows)]
+
+    def dominates(a: dict, b: dict) -> bool:
+        no_worse = a["accuracy"] >= b["accuracy"] and all(a[k] <= b[k] for k in keys)
+        better = a["accuracy"] > b["accuracy"] or any(a[k] < b[k] for k in keys)
+        return no_worse and better
+
+    front = [r for r in rows if not any(dominates(o, r) for o in rows)]
+    return sorted(front, key=lambda r: (r.get("params", 0), -r["accuracy"]))
 
 
 def write_search_files(directory: Path, search: EvolutionarySearch, scored: dict) -> None:
@@ -51,3 +70,7 @@ def write_search_files(directory: Path, search: EvolutionarySearch, scored: dict
     history = [record.to_dict() for record in search.history]
     (directory / HISTORY).write_text(json.dumps(history, indent=1) + "\n")
     (directory / SCORED).write_text(json.dumps(scored, indent=1) + "\n")
+    front = {"budget": scored.get("budget", {}), "front": [
+        {k: r[k] for k in ("arch", "architecture", "accuracy", "score", *COSTS) if k in r}
+        for r in accuracy_cost_front(scored["archive"])]}
+    (directory / FRONT).write_text(json.dumps(front, indent=1) + "\n")

@@ -25,6 +25,8 @@ from lightning_metanas.adaptation import (
 from lightning_metanas.data import DataError, LabelledImages, load_image_folder, split_image_folder
 from lightning_metanas.errors import SettingsError
 from lightning_metanas.evolution import EvolutionarySearch, EvolutionConfig
+from lightning_metanas.scoring import Scorer
+from lightning_metanas.search_config import SearchConfig
 from lightning_metanas.maml import MetaConfig, TaskAdapter
 from lightning_metanas.predictor import PredictorConfig
 from lightning_metanas.search_space import Architecture, SearchSpace
@@ -174,12 +176,12 @@ def test_warm_start_scores_the_meta_population_first_and_both_spend_the_budget()
     adapter = TaskAdapter(net, inner_lr=0.4)
     tasks = scoring_tasks(toy_task(), tasks=2, shots=2, queries=3)
     assert tasks[0].shape == (2, 6, 1, 8, 8) and tasks[3].shape == (2, 9)
-    config = adaptation_evolution_config(EvolutionConfig(**state["config"]), budget=9)
+    config = adaptation_evolution_config(SearchConfig(**state["config"]), budget=9)
     assert config.population_size == 4 and not config.rescore_population
     before = {k: v.clone() for k, v in state["predictor"]["model"].items()}
 
-    warm = search_architecture(adapter, TINY, tasks, 2, config, 9, seed=0, meta_state=state)
-    scratch = search_architecture(adapter, TINY, tasks, 2, config, 9, seed=0)
+    warm = search_architecture(Scorer.on_tasks(adapter, tasks, 2), TINY, config, 9, seed=0, meta_state=state)
+    scratch = search_architecture(Scorer.on_tasks(adapter, tasks, 2), TINY, config, 9, seed=0)
     assert len(warm.scored) == len(scratch.scored) == 9
     best_first = sorted(state["population"], key=lambda m: -m["score"])
     assert [s["arch"] for s in warm.scored[:4]] == [m["arch"] for m in best_first]

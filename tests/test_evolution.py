@@ -69,7 +69,7 @@ def test_search_finishes_after_the_configured_generations():
     assert not search.finished
     search.accept({a: toy_score(a) for a in search.to_score(search.propose())})
     assert search.finished and search.generation == 4
-    assert not run(EvolutionConfig(population_size=6, offspring=3, pool_size=6), 20).finished
+    assert not run(EvolutionConfig(population_size=6, offspring=3, pool_size=6, generations=None), 20).finished
 
 
 def test_population_size_and_selection_rules():
@@ -122,7 +122,8 @@ def test_accept_returns_the_record_that_history_keeps_logs_and_saves(tmp_path):
 def test_accept_counts_the_real_scorings_it_is_told():
     """The callback keeps scores measured under the same weights (callbacks/evolution.py) and
     tells accept how many were new: the one record then says so."""
-    search = EvolutionarySearch(SPACE, EvolutionConfig(population_size=4, offspring=2, pool_size=4, tournament_size=2))
+    search = EvolutionarySearch(SPACE, EvolutionConfig(population_size=4, offspring=2, pool_size=4, tournament_size=2,
+                                                       rescore_population=True))
     first = search.accept({a: toy_score(a) for a in search.to_score(search.propose())})
     assert first.real_scorings == 4
     archs = search.to_score(search.propose())
@@ -193,8 +194,10 @@ def test_population_sampler_mixes_uniform_samples():
     ],
 )
 def test_bad_evolution_settings_name_the_setting(kwargs, message):
+    from lightning_metanas.search_config import SearchConfig
+
     with pytest.raises(EvolutionSettingsError, match=message):
-        EvolutionConfig(**kwargs)
+        SearchConfig(**kwargs)
 
 
 def test_callback_meta_trains_the_best_architecture_alone_once_the_search_is_over():
@@ -204,7 +207,9 @@ def test_callback_meta_trains_the_best_architecture_alone_once_the_search_is_ove
 
     space = SearchSpace(widths=(8, 16), depths=(2, 3))
     module = MetaNASModule(ways=3, search_space=space)
-    callback = EvolutionCallback(EvolutionConfig(population_size=4, offspring=2, pool_size=2, generations=2))
+    from lightning_metanas.search_config import SearchConfig
+
+    callback = EvolutionCallback(SearchConfig(population_size=4, offspring=2, pool_size=2, generations=2, warmup_epochs=0))
     callback.search = EvolutionarySearch(space, callback.config)
     search = callback.search
     search.accept({a: toy_score(a) for a in search.to_score(search.propose())})
@@ -215,7 +220,7 @@ def test_callback_meta_trains_the_best_architecture_alone_once_the_search_is_ove
     assert isinstance(module.sampler, FixedSampler)
     assert module.sampler.arch == search.best().arch == module.evaluated_architecture()
     history = list(search.history)
-    trainer = SimpleNamespace(current_epoch=2)  # past warmup_epochs (default 0)
+    trainer = SimpleNamespace(current_epoch=2, max_epochs=4)  # past warmup_epochs
     callback.on_train_epoch_end(trainer=trainer, pl_module=module)  # no generation runs any more
     assert search.history == history and search.generation == 2
 

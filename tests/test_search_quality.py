@@ -7,7 +7,7 @@ import torch
 
 from callbacks.evolution import EvolutionCallback
 from lightning_metanas.data import EpisodicDataModule
-from lightning_metanas.evolution import EvolutionConfig
+from lightning_metanas.search_config import SearchConfig
 from lightning_metanas.search_space import Architecture
 from tests.test_train import SEARCH, SYNTHETIC, logs, run
 
@@ -22,12 +22,12 @@ def test_scoring_tasks_take_score_queries_and_match_validation_tasks_otherwise()
     data = _data()
     trainer = SimpleNamespace(datamodule=data)
     module = SimpleNamespace(device=torch.device("cpu"))
-    plain = EvolutionCallback(EvolutionConfig(tasks_per_score=4, tournament_size=2, population_size=4))
+    plain = EvolutionCallback(SearchConfig(tasks_per_score=4, score_queries=None, tournament_size=2, population_size=4))
     support_x, support_y, query_x, query_y = plain.scoring_tasks(trainer, module)
     val = data.task_dataset("val")
     assert torch.equal(support_x[2], val[2].support_x) and torch.equal(query_y[3], val[3].query_y)
 
-    more = EvolutionCallback(EvolutionConfig(tasks_per_score=9, score_queries=5, tournament_size=2, population_size=4))
+    more = EvolutionCallback(SearchConfig(tasks_per_score=9, score_queries=5, tournament_size=2, population_size=4))
     support_x, support_y, query_x, query_y = more.scoring_tasks(trainer, module)
     assert query_x.shape[:2] == (9, 3 * 5) and support_x.shape[:2] == (9, 3)  # 9 > val_tasks: not capped
     assert torch.equal(query_y[0], torch.arange(3).repeat_interleave(5))
@@ -70,8 +70,8 @@ def _scoring(**search):
     space = SearchSpace(ops=("conv3x3", "skip"), widths=(8,), depths=(2,))
     module = MetaNASModule(ways=3, image_size=14, search_space=space)
     trainer = SimpleNamespace(datamodule=_data(), global_step=5, global_rank=0, world_size=1,
-                              is_global_zero=True, progress_bar_callback=None)
-    callback = EvolutionCallback(EvolutionConfig(tasks_per_score=3, population_size=2, tournament_size=2, **search))
+                              is_global_zero=True, progress_bar_callback=None, max_epochs=4, fast_dev_run=False)
+    callback = EvolutionCallback(SearchConfig(tasks_per_score=3, population_size=2, tournament_size=2, **search))
     callback.setup(trainer, module, "fit")
     return callback, trainer, module
 
@@ -79,15 +79,17 @@ def _scoring(**search):
 def test_architectures_scored_at_the_same_step_are_not_scored_again():
     callback, trainer, module = _scoring()
     a, b, c = (Architecture(ops, (8, 8)) for ops in (("conv3x3", "skip"), ("skip", "conv3x3"), ("conv3x3", "conv3x3")))
-    first = callback.score(trainer, module, [a, b])
-    assert callback.real_scorings == 2
-    second = callback.score(trainer, module, [b, c, a])
-    assert callback.real_scorings == 1  # only c is new at this step
+    scorer = callback.scorer_for(trainer, module)
+    first = scorer([a, b])
+    assert scorer.real_scorings == 2
+    second = callback.scorer_for(trainer, module)([b, c, a])
+    assert callback.scorer is scorer and scorer.real_scorings == 1  # only c is new at this step
     assert second[0] == first[1] and second[2] == first[0]
-    assert callback._score_fresh(trainer, module, [c]) == [second[1]]  # the same as scoring afresh
+    assert callback._score_sharded(trainer, module, [c]) == [scorer.accuracies[c]]  # the same as scoring afresh
     trainer.global_step = 6  # the weights moved: everything is scored again
-    callback.score(trainer, module, [a, b])
-    assert callback.real_scorings == 2
+    again = callback.scorer_for(trainer, module)
+    again([a, b])
+    assert again is not scorer and again.real_scorings == 2
 
 
 def test_size_weighted_discounts_by_the_share_of_the_largest_subnet():
@@ -117,10 +119,10 @@ def test_size_prior_scales_every_score_the_search_keeps():
     from lightning_metanas.scoring import size_weighted
 
     archs = [Architecture(ops, (8, 8)) for ops in (("conv3x3", "skip"), ("skip", "skip"), ("conv3x3", "conv3x3"))]
-    plain, trainer, module = _scoring()
-    accuracies = plain.score(trainer, module, archs)
+    plain, trainer, module = _scoring(size_prior=0.0)
+    accuracies = plain.scorer_for(trainer, module)(archs)
     prior, trainer, _ = _scoring(size_prior=0.5)
-    scores = prior.score(trainer, module, archs)  # the same module: the same weights
+    scores = prior.scorer_for(trainer, module)(archs)  # the same module: the same weights
     largest = module.supernet.largest_num_parameters()
     assert largest == module.supernet.num_parameters(archs[2])
     for arch, acc, score in zip(archs, accuracies, scores):
@@ -133,7 +135,7 @@ def test_negative_size_prior_is_refused():
     from lightning_metanas.evolution import EvolutionSettingsError
 
     with pytest.raises(EvolutionSettingsError, match="search.size_prior must be >= 0"):
-        EvolutionConfig(size_prior=-0.1)
+        SearchConfig(size_prior=-0.1)
 
 
 def test_search_quick_default_warms_up_then_runs_every_generation_at_once_then_trains_the_best(tmp_path):
