@@ -97,3 +97,13 @@ def subnet_function(supernet: SuperNet, arch: Architecture, names: Sequence[str]
         return call(params, x, norm.apply())
 
     return vmap(forward) if tasks else forward
+
+
+@torch.no_grad()
+def record_statistics(supernet: SuperNet, arch: Architecture, names: Sequence[str], params: Sequence[torch.Tensor],
+                      images: torch.Tensor) -> NormStatistics:
+    """Each layer's BatchNorm statistics of ``images`` (a task's support set) through ``arch``
+    with ``params``: what an adapted network normalises every later image with."""
+    stats = NormStatistics()
+    functional_call(supernet, dict(zip(names, params)), (images, arch, stats.record()), strict=False, tie_weights=False)
+    return stats
