@@ -309,3 +309,23 @@ def test_module_deepcopies_and_pickles_with_its_adapter():
         assert clone.adapter.supernet is clone.supernet
         with pytest.warns(UserWarning):
             assert torch.isfinite(clone.training_step(_batch(), 0))
+
+
+def test_inner_loop_reproduces_its_recorded_numbers_on_every_way_of_running_tasks():
+    """Restructuring the inner loop (one per-task code path, one dispatcher) must not move a
+    number: bit for bit on the CPU model that recorded them, to 1e-6 relative on another."""
+    import json
+
+    from lightning_metanas.latency import cpu_model
+    from tests.maml_fingerprints import PATH, fingerprints
+
+    recorded = json.loads(PATH.read_text())
+    now = fingerprints()
+    assert set(now) == set(recorded["values"])
+    exact = recorded["machine"] == cpu_model() and recorded["torch"] == torch.__version__
+    for key, stats in recorded["values"].items():
+        for name, values in stats.items():
+            if exact:
+                assert now[key][name] == values, (key, name)
+            else:
+                assert [float(v) for v in now[key][name]] == pytest.approx([float(v) for v in values], rel=1e-6), (key, name)
