@@ -28,7 +28,7 @@ from jsonargparse import ArgumentParser
 from lightning_metanas.checkpoints import CheckpointError, data_settings, read_checkpoint
 from lightning_metanas.data import EpisodicDataModule
 from lightning_metanas.errors import SettingsError, require_int, run_main
-from lightning_metanas.maml import Norm
+from lightning_metanas.meta_config import Norm
 from lightning_metanas.module import MetaNASModule
 
 

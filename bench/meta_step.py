@@ -166,7 +166,7 @@ def plain_contender(mode: str, steps: int, ways: int):
 
 # -- (b), (c) this project's step ------------------------------------------------------------
 def project_module(mode: str, steps: int, ways: int, **meta):
-    from lightning_metanas.maml import MetaConfig
+    from lightning_metanas.meta_config import MetaConfig
     from lightning_metanas.module import MetaNASModule
 
     torch.manual_seed(0)
@@ -200,7 +200,7 @@ def vectorized_contender(mode: str, steps: int, ways: int):
 def l2l_clone_contender(mode: str, steps: int, ways: int):
     """The project's step before the functional path: learn2learn clone()/adapt() of the
     whole SuperNet per task, one backward through all task graphs."""
-    from tests.maml_reference import l2l_adapt
+    from bench.l2l_reference import l2l_adapt
 
     module = project_module(mode, steps, ways, vectorize=False)
     opt = module.configure_optimizers()
@@ -232,9 +232,7 @@ def channels_last_contender(mode: str, steps: int, ways: int):
 def sequential_contender(mode: str, steps: int, ways: int):
     """The project's step with its tasks one after the other in the calling thread (torch's
     2 intra-op threads), instead of on 2 worker threads."""
-    module = project_module(mode, steps, ways, vectorize=False)
-    module.adapter.threads.workers = 1
-    return module_step(module)
+    return module_step(project_module(mode, steps, ways, vectorize=False, workers=1))
 
 
 CONTENDERS = {
@@ -362,24 +360,21 @@ def tf32_on():
     from lightning_metanas import precision
 
     saved = precision.tf32_settings()
-    precision._set(precision.TF32)
+    precision.set_tf32_settings(precision.TF32)
     try:
         yield
     finally:
-        precision._set(saved)
+        precision.set_tf32_settings(saved)
 
 
 @contextlib.contextmanager
-def without_fd_fix():
-    """Finite differences without their IEEE-float32 scope (what the code did before)."""
-    import lightning_metanas.maml as maml_module
-
-    saved = maml_module.ieee_float32
-    maml_module.ieee_float32 = contextlib.nullcontext
+def without_fd_fix(adapter):
+    """Finite differences without their IEEE-float32 scope (as they ran before it existed)."""
+    adapter.ieee_finite_differences = False
     try:
         yield
     finally:
-        maml_module.ieee_float32 = saved
+        adapter.ieee_finite_differences = True
 
 
 def agreement(tasks, steps: int, ways: int, epsilons, n_tasks: int) -> dict:
@@ -409,7 +404,7 @@ def agreement(tasks, steps: int, ways: int, epsilons, n_tasks: int) -> dict:
         mean["second_order"] = mean["second_order"] + so
         for name, (mode, eps, tf32) in rows.items():
             with (tf32_on() if tf32 else contextlib.nullcontext()), \
-                    (without_fd_fix() if tf32 == "unfixed" else contextlib.nullcontext()):
+                    (without_fd_fix(adapter) if tf32 == "unfixed" else contextlib.nullcontext()):
                 g = flat(adapter.meta_gradient(arch, support, query, steps, mode, fd_epsilon=eps))
             per_task[name].append(F.cosine_similarity(g, so, dim=0).item())
             mean[name] = mean[name] + g

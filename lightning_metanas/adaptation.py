@@ -53,13 +53,15 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Literal, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lightning_metanas.data.omniglot import LabelledImages
 from lightning_metanas.errors import SettingsError, require_int, require_positive
 from lightning_metanas.costs import CostModel
 from lightning_metanas.evolution import EvolutionarySearch
-from lightning_metanas.maml import Batch, MetaConfig, TaskAdapter
+from lightning_metanas.maml import Batch, TaskAdapter
+from lightning_metanas.meta_config import MetaConfig
 from lightning_metanas.predictor import PerformancePredictor
 from lightning_metanas.scoring import Scorer, Tasks
 from lightning_metanas.search_config import SearchConfig
@@ -320,21 +322,18 @@ def finetune(
     adapter: TaskAdapter, arch: Architecture, x: torch.Tensor, y: torch.Tensor, steps: int,
     lr: float, optimizer: str = "adam", batch_size: int = 32, seed: int = 0,
 ) -> list[torch.Tensor]:
-    """Fine-tune copies of the parameters ``arch`` uses (the network is left as it is): the
-    adapter's inner loop over ``minibatches``, each step an ``optimizer`` (Adam or SGD) step.
-    Returns the fine-tuned parameters, in the order of ``adapter.subnet(arch)``."""
-    params = [p.detach().clone().requires_grad_(True) for p in adapter.subnet(arch)[1]]
+    """Fine-tune copies of the parameters ``arch`` uses (the network is left as it is): a plain
+    optimiser loop (Adam or SGD) over ``minibatches`` of the subnet's cross-entropy. Returns
+    the fine-tuned parameters, in the order of ``adapter.subnet(arch)``."""
+    forward, leaves = adapter.subnet(arch)
+    params = [p.detach().clone().requires_grad_(True) for p in leaves]
     opt = (torch.optim.Adam if optimizer == "adam" else torch.optim.SGD)(params, lr=lr)
-
-    def step(theta: list[torch.Tensor], grads: list[Optional[torch.Tensor]]) -> list[torch.Tensor]:
-        for p, g in zip(theta, grads):
-            p.grad = g
-        opt.step()
-        return theta
-
-    batches = ((adapter.images(bx), by) for bx, by in minibatches(x, y, steps, batch_size, seed))
-    path = adapter.adapt(arch, batches, params, update=step)
-    return [p.detach() for p in path[-1]]
+    with torch.enable_grad():
+        for bx, by in minibatches(x, y, steps, batch_size, seed):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(forward(params, adapter.in_memory_layout(bx)), by).backward()
+            opt.step()
+    return [p.detach() for p in params]
 
 
 @torch.no_grad()
@@ -347,7 +346,7 @@ def accuracy(
     forward = adapter.subnet(arch)[0]
     correct = 0
     for start in range(0, len(y), chunk):
-        logits = forward(params, adapter.images(x[start : start + chunk]))
+        logits = forward(params, adapter.in_memory_layout(x[start : start + chunk]))
         correct += int((logits.argmax(-1) == y[start : start + chunk]).sum())
     return correct / len(y)
 

@@ -15,7 +15,8 @@ import pytorch_lightning as pl
 import torch
 
 from lightning_metanas.errors import SettingsError, require_int
-from lightning_metanas.maml import NORMS, MetaConfig, TaskAdapter
+from lightning_metanas.maml import TaskAdapter
+from lightning_metanas.meta_config import NORMS, MetaConfig
 from lightning_metanas.metrics import TaskAccuracy
 from lightning_metanas.samplers import SAMPLING_RULES, ArchitectureSampler, FixedSampler, SamplingRule, UniformSampler
 from lightning_metanas.search_space import Architecture, ArchitectureError, SearchSpace
@@ -149,7 +150,6 @@ class MetaNASModule(pl.LightningModule):
             batch,
             steps=self.meta.inner_steps,
             mode=self.meta.meta_gradient,
-            fd_epsilon=self.meta.fd_epsilon,
         )
         loss = result.losses.mean()
         surrogate = sum(

@@ -1,4 +1,5 @@
-"""The tasks of a meta-batch on CPU worker threads, their results folded in task order.
+"""How the tasks of a call are scheduled: which run together as one vectorised stack
+(``schedule``), and, on CPU, worker threads that run them with results folded in task order.
 
 The per-task tensors of few-shot learning (5 images) are too small for torch's intra-op
 parallelism to pay, and when the cores are shared OpenMP's barriers stall; a few worker
@@ -13,13 +14,52 @@ import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Optional, TypeVar
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence, TypeVar
 
 import torch
 
+from lightning_metanas.search_space import Architecture
 from lightning_metanas.supernet import SuperNet
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Tasks that run as one: a single task (``tasks`` of one index), or a stack of tasks that
+    share ``arch`` and run vectorised along a leading task axis."""
+
+    arch: Architecture
+    tasks: tuple[int, ...]
+
+    @property
+    def stacked(self) -> bool:
+        return len(self.tasks) > 1
+
+    def take(self, batch: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """This unit's part of a batch with a leading task axis: one task's tensors (no task
+        axis), or the stack's (a view when the tasks are consecutive)."""
+        if not self.stacked:
+            return [t[self.tasks[0]] for t in batch]
+        first = self.tasks[0]
+        if self.tasks == tuple(range(first, first + len(self.tasks))):
+            return [t[first : first + len(self.tasks)] for t in batch]
+        where = torch.tensor(self.tasks, device=batch[0].device)
+        return [t.index_select(0, where) for t in batch]
+
+
+def schedule(archs: Sequence[Architecture], vectorized: bool, max_stack: int) -> list[Unit]:
+    """The units of a call whose task ``t`` adapts ``archs[t]``: one task each, in task order;
+    or, ``vectorized``, the tasks that share an architecture (in order of first appearance) in
+    stacks of at most ``max_stack`` (a stack of one runs as a single task)."""
+    if not vectorized:
+        return [Unit(arch, (t,)) for t, arch in enumerate(archs)]
+    groups: dict[Architecture, list[int]] = {}
+    for t, arch in enumerate(archs):
+        groups.setdefault(arch, []).append(t)
+    return [Unit(arch, tuple(index[i : i + max_stack])) for arch, index in groups.items()
+            for i in range(0, len(index), max_stack)]
 
 
 class _Pool:

@@ -46,7 +46,8 @@ def tf32_settings() -> tuple[Any, ...]:
     return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
 
 
-def _set(settings: tuple[Any, ...]) -> None:
+def set_tf32_settings(settings: tuple[Any, ...]) -> None:
+    """Put back settings read with ``tf32_settings`` (or set ``IEEE`` / ``TF32``)."""
     if _new_api():
         cudnn = torch.backends.cudnn
         cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision, torch.backends.cuda.matmul.fp32_precision = settings
@@ -65,7 +66,7 @@ def ieee_float32() -> Iterator[None]:
     with _lock:
         if _inside == 0:
             _saved = tf32_settings()
-            _set(IEEE)
+            set_tf32_settings(IEEE)
         _inside += 1
     try:
         yield
@@ -73,4 +74,4 @@ def ieee_float32() -> Iterator[None]:
         with _lock:
             _inside -= 1
             if _inside == 0:
-                _set(_saved)
+                set_tf32_settings(_saved)

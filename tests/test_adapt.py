@@ -27,7 +27,8 @@ from lightning_metanas.errors import SettingsError
 from lightning_metanas.evolution import EvolutionarySearch, EvolutionConfig
 from lightning_metanas.scoring import Scorer
 from lightning_metanas.search_config import SearchConfig
-from lightning_metanas.maml import MetaConfig, TaskAdapter
+from lightning_metanas.maml import TaskAdapter
+from lightning_metanas.meta_config import MetaConfig
 from lightning_metanas.predictor import PredictorConfig
 from lightning_metanas.search_space import Architecture, SearchSpace
 from lightning_metanas.supernet import SuperNet

@@ -101,7 +101,7 @@ def test_a_deterministic_gpu_run_is_bit_identical(tmp_path):
 def test_adaptation_runs_on_the_gpu():
     from lightning_metanas.adaptation import AdaptConfig, adapt
     from lightning_metanas.data import split_image_folder
-    from lightning_metanas.maml import MetaConfig
+    from lightning_metanas.meta_config import MetaConfig
     from lightning_metanas.supernet import SuperNet
     from tests.test_adapt import TINY, toy_meta_state, toy_task
 

@@ -15,7 +15,7 @@ Tolerances:
   (measured: cosine to second-order ~0), so the test checks the algorithm where the
   Hessian is well defined on the whole segment; BENCHMARKS.md reports the agreement on Conv-4
   in float32 at the default and smaller epsilons.
-* the project's inner loop vs learn2learn's ``clone()``/``adapt()`` (tests/maml_reference.py;
+* the project's inner loop vs learn2learn's ``clone()``/``adapt()`` (bench/l2l_reference.py;
   float32, 3 steps, first- and second-order meta-gradient): relative error
   of the whole meta-gradient ``< 1e-5``, elementwise ``rtol=1e-4, atol=1e-5``.
 * surrogate value vs the mean query loss: ``rtol=1e-6``; surrogate gradient vs the mean of the
@@ -25,10 +25,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_metanas.maml import MetaConfig, TaskAdapter
+from lightning_metanas.maml import TaskAdapter
+from lightning_metanas.meta_config import MetaConfig
 from lightning_metanas.module import MetaNASModule
 from lightning_metanas.search_space import Architecture, SearchSpace
-from tests.maml_reference import l2l_adapt
+from bench.l2l_reference import l2l_adapt
 
 SPACE = SearchSpace(widths=(8, 16), depths=(2, 3))
 ARCHS = [

@@ -14,7 +14,10 @@ import pytest
 import torch
 
 from lightning_metanas import precision
-from lightning_metanas.maml import MetaConfig, TaskAdapter
+from lightning_metanas import maml
+from lightning_metanas.maml import TaskAdapter, TaskAxis, fd_vjp
+from lightning_metanas.parallel import Unit
+from lightning_metanas.meta_config import MetaConfig
 from lightning_metanas.module import MetaNASModule
 from lightning_metanas.scoring import score_architectures
 from tests.test_meta_gradients import ARCHS, MODES, SPACE, _batch, _flat, _supernet
@@ -56,9 +59,9 @@ def test_units_group_tasks_by_architecture_in_order_of_first_use():
     net = _supernet()
     per_task, vectorized = _adapters(net, max_vectorized_tasks=2)
     cpu = torch.device("cpu")
-    assert per_task.units(GROUPED, cpu) == list(zip(GROUPED, range(6)))
+    assert per_task.units(GROUPED, cpu) == [Unit(a, (t,)) for t, a in enumerate(GROUPED)]
     assert vectorized.units(GROUPED, cpu) == [
-        (ARCHS[0], [0, 2]), (ARCHS[0], 5), (ARCHS[1], [1, 4]), (ARCHS[2], 3),
+        Unit(ARCHS[0], (0, 2)), Unit(ARCHS[0], (5,)), Unit(ARCHS[1], (1, 4)), Unit(ARCHS[2], (3,)),
     ]
     assert TaskAdapter(net, 0.3).vectorized(cpu) is False  # the CPU default: worker threads
     assert TaskAdapter(net, 0.3).vectorized(torch.device("cuda")) is True
@@ -88,7 +91,7 @@ def test_batchnorm_statistics_stay_per_task():
     x = x * torch.tensor([1.0, 3.0, -2.0], dtype=torch.float64).view(3, 1, 1, 1, 1)  # unlike tasks
     adapter = TaskAdapter(net, 0.3)
     alone, params = adapter.subnet(arch)
-    stacked, _ = adapter.subnet(arch, tasks=3)
+    stacked, _ = adapter.subnet(arch, TaskAxis(3))
     out = stacked([p.expand(3, *p.shape) for p in params], x)
     for t in range(3):
         torch.testing.assert_close(out[t], alone(params, x[t]), rtol=1e-12, atol=1e-12)
@@ -133,9 +136,9 @@ def test_meta_config_checks_the_vectorisation_settings():
 def test_channels_last_is_chosen_per_device():
     net = _supernet()
     x = torch.randn(5, 1, 14, 14)
-    assert TaskAdapter(net, 0.3).images(x).stride(1) == 1  # CPU default: channels-last
-    assert TaskAdapter(net, 0.3, channels_last=False).images(x) is x
-    assert TaskAdapter(net, 0.3, channels_last=True).images(x).stride(1) == 1
+    assert TaskAdapter(net, 0.3).in_memory_layout(x).stride(1) == 1  # CPU default: channels-last
+    assert TaskAdapter(net, 0.3, channels_last=False).in_memory_layout(x) is x
+    assert TaskAdapter(net, 0.3, channels_last=True).in_memory_layout(x).stride(1) == 1
 
 
 # -- finite differences: IEEE float32 for their passes, no host synchronisation -----------
@@ -144,18 +147,18 @@ def tf32_state():
     """Leave torch's TF32 settings as the test found them."""
     saved = precision.tf32_settings()
     yield
-    precision._set(saved)
+    precision.set_tf32_settings(saved)
 
 
 def _record_settings(monkeypatch):
     seen = []
-    gradient = TaskAdapter._gradient
+    gradient = maml.gradient
 
     def recording(*args, **kwargs):
         seen.append(precision.tf32_settings())
         return gradient(*args, **kwargs)
 
-    monkeypatch.setattr(TaskAdapter, "_gradient", staticmethod(recording))
+    monkeypatch.setattr(maml, "gradient", recording)
     return seen
 
 
@@ -231,9 +234,9 @@ def test_finite_difference_passes_v_through_where_its_norm_is_zero_or_not_finite
     x, y = _double(_batch(tasks=1))[:2]
     theta = [p.detach() for p in params]
     zero = [torch.zeros_like(p) for p in theta]
-    assert all(torch.equal(a, b) for a, b in zip(adapter._fd_vjp(forward, theta, zero, (x[0], y[0]), 1e-5), zero))
+    assert all(torch.equal(a, b) for a, b in zip(fd_vjp(forward, theta, zero, (x[0], y[0]), 0.3, 1e-5), zero))
     nan = [torch.full_like(p, float("nan")) for p in theta]
-    assert all(torch.isnan(a).all() for a in adapter._fd_vjp(forward, theta, nan, (x[0], y[0]), 1e-5))
+    assert all(torch.isnan(a).all() for a in fd_vjp(forward, theta, nan, (x[0], y[0]), 0.3, 1e-5))
 
 
 def test_nan_guard_reads_its_verdict_back_once(monkeypatch):
