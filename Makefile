@@ -20,6 +20,7 @@ train: install
 	$(PY) train.py --config configs/quick.yaml $(ARGS)
 
 test: install
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(ARGS)
 
 clean:

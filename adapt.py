@@ -109,7 +109,6 @@ def main(args: Optional[list[str]] = None) -> dict:
     train, val = split_image_folder(images, cli.val_fraction, seed=config.seed)
 
     device = accelerator_device(cli.accelerator)
-    torch.manual_seed(config.seed)
     model = MetaNASModule.load_from_checkpoint(cli.ckpt_path, map_location="cpu", weights_only=True)
     result = adapt(model.supernet.to(device), model.meta, train, val, config, search_state(checkpoint))
 

@@ -31,7 +31,6 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
 
 from bench.ground_truth import cpu_model, git_commit, save  # noqa: E402
 from lightning_metanas.checkpoints import data_settings, read_checkpoint  # noqa: E402

@@ -47,7 +47,6 @@ at hand, as everywhere in this project (the validation split is evaluated as one
 from __future__ import annotations
 
 import copy
-import random
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Literal, Optional
@@ -56,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_metanas import seeding
 from lightning_metanas.data.omniglot import LabelledImages
 from lightning_metanas.errors import SettingsError, require_int, require_positive
 from lightning_metanas.costs import CostModel
@@ -168,8 +168,7 @@ def task_network(
     if num_classes < 2:
         raise SettingsError(f"a task needs at least 2 classes, got {num_classes}")
     if init == "random":
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeding.torch_seeded(seed, "init"):
             net = SuperNet(supernet.space, supernet.ways, supernet.in_channels)
         net = net.to(supernet.head_weight.device)
     else:
@@ -209,7 +208,7 @@ def scoring_tasks(
     for t in range(tasks):
         support, query = [], []
         for name, idx, (s, q) in zip(train.class_names, members, sizes):
-            drawn = random.Random(f"{seed}/score/{t}/{name}").sample(idx, len(idx))
+            drawn = seeding.rng(seed, "score", t, name).sample(idx, len(idx))
             support += drawn[:s]
             query += drawn[s : s + q]
         for i, index in enumerate((support, support, query, query)):
@@ -308,7 +307,7 @@ def search_architecture(
 def minibatches(x: torch.Tensor, y: torch.Tensor, steps: int, batch_size: int, seed: int = 0) -> Iterator[Batch]:
     """``steps`` mini-batches of ``min(batch_size, len(y))`` images drawn from seeded
     permutations of ``(x, y)``, one permutation after the other."""
-    generator = torch.Generator().manual_seed(seed)
+    generator = seeding.torch_generator(seed, "minibatches")
     size = min(batch_size, len(y))
     stream = torch.empty(0, dtype=torch.long)
     for _ in range(steps):

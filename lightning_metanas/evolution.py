@@ -14,10 +14,10 @@ ever proposed or scored.
 """
 from __future__ import annotations
 
-import random
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable, Literal, Optional, Sequence
 
+from lightning_metanas import seeding
 from lightning_metanas.errors import SettingsError, require_int
 from lightning_metanas.predictor import PerformancePredictor, PredictorConfig
 from lightning_metanas.search_space import Architecture, SearchSpace
@@ -165,7 +165,7 @@ class EvolutionarySearch:
         self.space, self.config = space, config
         self.fits = fits or (lambda arch: True)
         seed = config.seed if seed is None else seed
-        self.rng = random.Random(seed)
+        self.rng = seeding.rng(seed, "evolution")
         self.population: list[Member] = []  # oldest first
         self.archive: dict[Architecture, float] = {}  # every architecture scored, latest score
         self.accuracies: dict[Architecture, float] = {}  # the same, raw accuracy (no size prior)

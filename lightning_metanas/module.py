@@ -14,6 +14,7 @@ from typing import Optional
 import pytorch_lightning as pl
 import torch
 
+from lightning_metanas import seeding
 from lightning_metanas.errors import SettingsError, require_int
 from lightning_metanas.maml import TaskAdapter
 from lightning_metanas.meta_config import NORMS, MetaConfig
@@ -127,7 +128,7 @@ class MetaNASModule(pl.LightningModule):
         """Architecture sampling for this step, derived from (seed, rank, step) alone: each DDP
         rank draws its own architectures, and a resumed run draws what the uninterrupted run
         would have, with no generator state to checkpoint."""
-        return random.Random(f"{self.hparams.seed}/{self.global_rank}/{self.global_step}")
+        return seeding.rng(self.hparams.seed, self.global_rank, self.global_step)
 
     def step_architectures(self, tasks: int) -> list[Architecture]:
         """An architecture per task of this step: ``tasks_per_arch`` consecutive tasks share

@@ -13,6 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from lightning_metanas import seeding
 from lightning_metanas.errors import require_int
 from lightning_metanas.metrics import kendall_tau
 from lightning_metanas.search_space import Architecture, SearchSpace
@@ -51,8 +52,7 @@ class PerformancePredictor:
 
     def _new_model(self) -> nn.Module:
         h = self.config.hidden
-        with torch.random.fork_rng(devices=[]):  # seeded init, no effect on the global RNG
-            torch.manual_seed(self.seed)
+        with seeding.torch_seeded(self.seed, "predictor"):  # no effect on the global RNG
             return nn.Sequential(
                 nn.Linear(self.space.encoding_size, h), nn.ReLU(),
                 nn.Linear(h, h), nn.ReLU(),
@@ -97,7 +97,7 @@ class PerformancePredictor:
         y = torch.tensor(scores, dtype=torch.float32)
         mean, std = float(y.mean()), float(y.std().clamp(min=1e-6))
         y = (y - mean) / std
-        order = torch.randperm(len(archs), generator=torch.Generator().manual_seed(self.seed + len(archs)))
+        order = torch.randperm(len(archs), generator=seeding.torch_generator(self.seed, "folds", len(archs)))
         out_of_fold = torch.empty_like(y)
         for held in order.chunk(self.config.folds):
             kept = order[~torch.isin(order, held)]

@@ -1,6 +1,5 @@
 """lightning_metanas.plots: plain data in, a real picture out (no Trainer)."""
 import matplotlib.image
-import numpy as np
 import pytest
 
 from lightning_metanas import plots

@@ -21,7 +21,6 @@ from .episodic import (
     Task,
     check_task_settings,
     split_task,
-    task_seed,
 )
 
 __all__ = [
@@ -52,5 +51,4 @@ __all__ = [
     "split_image_folder",
     "split_task",
     "synthetic_split",
-    "task_seed",
 ]

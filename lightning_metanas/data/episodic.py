@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import inspect
 
-import hashlib
 import random
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Optional, Sequence, Union
@@ -34,6 +33,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lightning_metanas.errors import require_int
+from lightning_metanas.seeding import seed_of
 
 from .errors import DataError, DataNotFoundError
 from .images import ImageStore, LabelledImages, Splits, decode_images
@@ -58,12 +58,6 @@ def current_rank() -> int:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank()
     return 0
-
-
-def task_seed(seed: int, split: str, rank: int, epoch: int, index: int) -> int:
-    """A well-mixed 64-bit seed for one task; hashing avoids collisions like (1, 10) vs (11, 0)."""
-    key = f"{seed}/{split}/{rank}/{epoch}/{index}".encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
 
 
 def split_task(
@@ -232,7 +226,7 @@ class EpisodicTaskDataset(Dataset):
             raise IndexError(f"task index {index} out of range 0..{self.num_tasks - 1}")
         saved = random.getstate()
         try:
-            random.seed(task_seed(self.seed, self.split, self.rank, epoch, index))
+            random.seed(seed_of(self.seed, self.split, self.rank, epoch, index))
             x, y = self.taskset.sample()
         finally:
             random.setstate(saved)

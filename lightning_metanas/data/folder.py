@@ -21,12 +21,12 @@ import csv
 import hashlib
 import io
 import os
-import random
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 
+from lightning_metanas import seeding
 from lightning_metanas.errors import require_int
 
 from .errors import DataError, DataNotFoundError
@@ -260,7 +260,7 @@ def split_image_folder(
                 f"class {name!r} has {len(members)} image(s); every class needs at least 2 "
                 "(one for training, one for validation)"
             )
-        random.Random(f"{seed}/{name}").shuffle(members)
+        seeding.rng(seed, name).shuffle(members)
         n_val = min(len(members) - 1, max(1, round(len(members) * val_fraction)))
         val_idx.extend(sorted(members[:n_val]))
         train_idx.extend(sorted(members[n_val:]))

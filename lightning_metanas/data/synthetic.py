@@ -41,7 +41,7 @@ def make_synthetic(
         require_int(f"synthetic {name}", value, 1, DataError)
     if noise < 0:
         raise DataError(f"synthetic noise must be >= 0, got {noise!r}")
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # the data set is defined by this integer seed
     grid = min(7, image_size)
     coarse = (torch.rand(num_classes, channels, grid, grid, generator=generator) > 0.5).float()
     # Each sample flips a share of its prototype's cells: one-shot tasks are then learnable but
