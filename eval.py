@@ -1,19 +1,22 @@
 #!/usr/bin/env python
 """Meta-test a checkpoint: adapt to each test task, report mean accuracy with its 95% interval.
 
-    python eval.py --ckpt_path runs/quick/version_0/checkpoints/last.ckpt
-    python eval.py --ckpt_path .../last.ckpt --arch .../best_arch.json   # one architecture
-    python eval.py --ckpt_path .../best.ckpt --norm support               # one image at a time
-    python eval.py --ckpt_path .../best.ckpt --split val --out val.json   # validation tasks
+    python eval.py --ckpt_path runs/quick/version_0/checkpoints/epoch005.ckpt
+    python eval.py --ckpt_path .../last.ckpt --model.eval_arch .../best_arch.json   # one architecture
+    python eval.py --ckpt_path ... --model.meta.norm support                       # one image at a time
+    python eval.py --ckpt_path ... --split val --out val.json                      # validation tasks
 
-``--norm transductive`` (MAML's protocol) normalises each query batch with its own statistics;
-``--norm support`` normalises every query image with the statistics of the task's adapted
-support images, so each is classified alone, as a deployed model classifies (inductive). The
-default is what the run meta-trained with (``model.meta.norm``).
+Every query image is classified twice from the same adapted weights, and both figures are
+printed: ``transductive`` (each query batch normalised with its own statistics, MAML's protocol)
+and ``support`` (each image alone, normalised with the adapted support images' statistics, as a
+deployed model classifies); ``--model.meta.norm`` says which one is the headline (default: the
+one the run meta-trained with).
 
 The task distribution (dataset, ways, shots, queries, split) is read back from the checkpoint;
-the test tasks are seeded, so the same command gives the same number. Checkpoints are loaded
-with ``torch.load(weights_only=True)``: nothing in them is executed.
+the tasks are seeded (``--data.seed``, default the run's), so the same command gives the same
+number. Checkpoints are loaded with ``torch.load(weights_only=True)``: nothing in them is
+executed. Flags have the names train.py gives the same settings (README, "One name per
+setting").
 """
 from __future__ import annotations
 
@@ -26,47 +29,44 @@ import pytorch_lightning as pl
 from jsonargparse import ArgumentParser
 
 from lightning_metanas.checkpoints import CheckpointError, data_settings, read_checkpoint
+from lightning_metanas.commands import add_shared, check_retired, device_for
 from lightning_metanas.data import EpisodicDataModule
 from lightning_metanas.errors import SettingsError, require_int, run_main
-from lightning_metanas.meta_config import Norm
 from lightning_metanas.module import MetaNASModule
+
+RETIRED = {"--root": "--data.root", "--arch": "--model.eval_arch", "--eval_inner_steps": "--model.meta.eval_inner_steps",
+           "--seed": "--data.seed", "--accelerator": "--trainer.accelerator", "--test_tasks": "--data.test_tasks",
+           "--tasks": "--data.test_tasks (or --data.val_tasks with --split val)", "--norm": "--model.meta.norm"}
 
 
 def parse(args: Optional[list[str]] = None):
+    check_retired(sys.argv[1:] if args is None else args, RETIRED)
     parser = ArgumentParser(description="Meta-test a lightning_metanas checkpoint.")
-    parser.add_argument("--ckpt_path", type=str, required=True, help="Checkpoint (.ckpt) to meta-test.")
-    parser.add_argument("--arch", type=Optional[str], default=None,
-                        help="Architecture JSON to meta-test (default: the run's evaluated architecture).")
+    add_shared(parser, "--ckpt_path", "--data.root", "--model.eval_arch", "--model.meta.eval_inner_steps",
+               "--model.meta.norm", "--trainer.accelerator", "--out", required=("--ckpt_path",),
+               model_eval_arch="Architecture JSON to meta-test (default: the run's evaluated architecture).",
+               data_root="Data folder, if it moved since training.")
     parser.add_argument("--split", type=Literal["test", "val"], default="test",
                         help="Which classes' tasks: the test split (meta-test) or the validation split.")
-    parser.add_argument("--tasks", type=int, default=600, help="Number of tasks of the split.")
-    parser.add_argument("--norm", type=Optional[Norm], default=None,
-                        help="BatchNorm statistics of a query image: transductive (the query batch's) or "
-                             "support (the adapted support images', each image alone); default: the run's. "
-                             "The other is printed too.")
-    parser.add_argument("--out", type=Optional[str], default=None, help="Also write the result as JSON here.")
-    parser.add_argument("--eval_inner_steps", type=Optional[int], default=None,
-                        help="Adaptation steps per task (default: the run's setting).")
-    parser.add_argument("--seed", type=Optional[int], default=None,
-                        help="Task sampling seed (default: the run's).")
-    parser.add_argument("--root", type=Optional[str], default=None,
-                        help="Data folder, if it moved since training.")
-    parser.add_argument("--accelerator", type=str, default="auto")
+    parser.add_argument("--data.test_tasks", type=int, default=600, help="Number of test tasks.")
+    parser.add_argument("--data.val_tasks", type=int, default=600, help="Number of validation tasks (--split val).")
+    parser.add_argument("--data.seed", type=Optional[int], default=None, help="Task sampling seed (default: the run's).")
     return parser.parse_args(args)
 
 
 def main(args: Optional[list[str]] = None) -> dict[str, float]:
     config = parse(args)
+    device_for(config.trainer.accelerator)  # no GPU where one is asked for: one line, before any work
     checkpoint = read_checkpoint(config.ckpt_path)
     settings = data_settings(checkpoint)
     if settings is None:
         raise CheckpointError(f"--ckpt_path {config.ckpt_path} holds no data settings")
-    require_int("--tasks", config.tasks)
-    settings[f"{config.split}_tasks"] = config.tasks
-    if config.seed is not None:
-        settings["seed"] = config.seed
-    if config.root is not None:
-        settings["root"] = config.root
+    tasks = config.data.test_tasks if config.split == "test" else config.data.val_tasks
+    settings[f"{config.split}_tasks"] = require_int(f"--data.{config.split}_tasks", tasks)
+    if config.data.seed is not None:
+        settings["seed"] = config.data.seed
+    if config.data.root is not None:
+        settings["root"] = config.data.root
     data = EpisodicDataModule(**settings)
     model = MetaNASModule.load_from_checkpoint(config.ckpt_path, map_location="cpu", weights_only=True)
     expected = int(model.hparams.get("image_channels", 1))
@@ -74,15 +74,15 @@ def main(args: Optional[list[str]] = None) -> dict[str, float]:
         raise SettingsError(
             f"the {data.spec.title} images at {data.root} have {data.image_channels} channel(s), "
             f"the checkpoint's SuperNet takes {expected}: meta-test it on the data it was "
-            "meta-trained on (--root)"
+            "meta-trained on (--data.root)"
         )
-    if config.arch:
-        model.eval_arch = model.load_architecture(config.arch)
-    if config.eval_inner_steps is not None:
-        model.meta.eval_inner_steps = require_int("--eval_inner_steps", config.eval_inner_steps)
-    if config.norm is not None:
-        model.adapter.norm = config.norm
-    trainer = pl.Trainer(accelerator=config.accelerator, devices=1, logger=False, inference_mode=False,
+    if config.model.eval_arch:
+        model.eval_arch = model.load_architecture(config.model.eval_arch)
+    if config.model.meta.eval_inner_steps is not None:
+        model.meta.eval_inner_steps = require_int("--model.meta.eval_inner_steps", config.model.meta.eval_inner_steps)
+    if config.model.meta.norm is not None:
+        model.adapter.norm = config.model.meta.norm
+    trainer = pl.Trainer(accelerator=config.trainer.accelerator, devices=1, logger=False, inference_mode=False,
                          enable_progress_bar=False, enable_model_summary=False)
     if config.split == "val":
         trainer.validate(model, datamodule=data, verbose=False)
@@ -99,7 +99,7 @@ def main(args: Optional[list[str]] = None) -> dict[str, float]:
     other = "support" if model.adapter.norm == "transductive" else "transductive"
     print(f"  under {other} normalisation: {100 * result[f'acc_{other}']:.2f}% ± {100 * result[f'acc_{other}_ci95']:.2f}%")
     if config.out:
-        record = dict(result, split=config.split, norm=model.adapter.norm, steps=model.meta.eval_inner_steps,
+        record = dict(result, split=config.split, steps=model.meta.eval_inner_steps,
                       arch=model.evaluated_architecture().to_dict(), checkpoint=str(config.ckpt_path))
         Path(config.out).write_text(json.dumps(record, indent=2) + "\n")
     return result

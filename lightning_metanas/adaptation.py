@@ -1,136 +1,135 @@
-"""Adapting a meta-trained SuperNet to one new task: a short architecture search on the task,
-then fine-tuning the chosen subnet from the meta-weights. Plain PyTorch, no Trainer.
+"""Adapting a meta-trained SuperNet to one new task: an architecture (given, or found by a
+short search on the task), its weights fine-tuned from the meta-weights, and the result as a
+saved model that classifies one image at a time. Plain PyTorch, no Trainer.
 
 The task is a labelled image set with any number ``C`` of classes (``adapt.py`` reads it from
-an image folder), split into train and validation. Validation is touched once, at the very end,
-to report the fine-tuned subnet's accuracy; everything the search sees comes from the train
-split.
+an image folder), split into train and held-out images; everything the search and the
+fine-tuning see comes from the train split, the held-out images are touched once, at the end.
 
 **Network for the task.** A copy of the SuperNet with the meta-weights (``init="meta"``; or
-a freshly initialised one, ``init="random"``, for a no-meta-learning reference). The
-SuperNet's head has ``ways`` rows; when ``C != ways`` it is replaced by a head of ``C`` rows
-initialised to zero (the "zero head" of Ye & Chao, 2022, "How to train your MAML to excel in
-few-shot classification": every class starts from the same logit, so the label order does not
-matter and fine-tuning starts from an unbiased classifier on top of the meta-learned
-features). ``head="zero"`` zeroes it also when ``C == ways``; by default the meta-learned head
-is kept then.
+a freshly initialised one, ``init="random"``, for a no-meta-learning reference). When
+``C != ways`` its head is replaced by a zero head of ``C`` rows (the "zero head" of Ye & Chao,
+2022: every class starts from the same logit, so the label order does not matter);
+``head="zero"`` zeroes it also when ``C == ways``.
 
-**Score of a candidate** (one "real scoring" of the budget): the project's one scorer
-(``scoring.Scorer``: ``score_steps`` SGD steps at the meta inner learning rate from the
-meta-weights, then accuracy on a query set, times the meta-search's size prior), on
-``score_tasks`` partitions of the *train* split into a support part (``score_shots`` images
-per class) and a held-out query part (``score_queries`` per class). Every candidate sees the
-same partitions, so scores compare. The weights never change during the search, so a score is
-final: survivors are not re-scored. The meta-search's cost budget holds here too.
+**Architecture.** Given (``arch``: e.g. the meta-search's ``best_arch.json``), or searched with
+the project's one search loop and scorer (``EvolutionarySearch.run``, ``scoring.Scorer`` with
+the meta-search's size prior and cost budget) for ``scorings`` real scorings, each adapting a
+candidate from the meta-weights on ``tasks_per_score`` partitions of the train split
+(``score_shots`` support and ``score_queries`` query images per class). Warm start: the
+initial population is the checkpoint's meta-population and the meta-trained predictor (never
+refitted: a few dozen scorings cannot establish its rank quality) screens offspring; from
+scratch: a random population and no predictor, same scorings and weights. Equal scores (easy
+tasks score many candidates 1.0) go to the cheaper network.
 
-**Search.** ``EvolutionarySearch`` (the class the meta-search runs), with the checkpoint's
-evolution settings (population capped by the budget) and exactly ``budget`` real scorings:
+**Fine-tuning and inference.** The architecture's weights are fine-tuned from the meta-weights
+on the whole train split (``finetune.py``); then each layer's BatchNorm statistics are recorded
+over the train images with the fine-tuned weights and fixed: the saved network
+(``adapted_model.AdaptedModel``) classifies every image alone. The held-out accuracy is reported
+both ways: ``inductive`` (each image alone, as the saved model runs) and ``transductive`` (the
+held-out images normalised as one batch, the meta-test's protocol).
 
-* warm start: the initial population is the meta-population of the checkpoint's search
-  (best meta-score first; topped up from the meta-archive if a larger population is asked
-  for), re-scored on this task; offspring are screened by the meta-trained performance
-  predictor when the checkpoint's predictor was trusted (``ready``).
-* from scratch: the same budget, seed, settings and meta-weights, but a random initial
-  population and no predictor (offspring are drawn at random from the bred pool). So the
-  comparison measures what the meta-search's *architecture knowledge* is worth on the new
-  task, not the meta-weights (both runs use them).
-
-In both modes the predictor is never refitted on the task's own scores: with a budget of a few
-dozen scorings its held-out rank quality cannot be established, and an untrusted predictor
-must not steer.
-
-The architecture with the best task score (over everything scored) is then fine-tuned from the
-meta-weights on the whole train split (``finetune_steps`` Adam or SGD steps on seeded
-mini-batches) and measured on the validation split. BatchNorm uses the statistics of the batch
-at hand, as everywhere in this project (the validation split is evaluated as one batch).
+**Images per class.** A search needs 3 per class (2 to train on and to score candidates with,
+1 held out); a given architecture needs 2 (1 to train on, 1 held out).
 """
 from __future__ import annotations
 
 import copy
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator, Literal, Optional
+from typing import Callable, Literal, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lightning_metanas import seeding
-from lightning_metanas.data.omniglot import LabelledImages
-from lightning_metanas.errors import SettingsError, require_int, require_positive
+from lightning_metanas.adapted_model import AdaptedModel, Preprocessing
 from lightning_metanas.costs import CostModel
+from lightning_metanas.data.images import LabelledImages
+from lightning_metanas.errors import SettingsError, require_int, require_positive
 from lightning_metanas.evolution import EvolutionarySearch
-from lightning_metanas.maml import Batch, TaskAdapter
+from lightning_metanas.finetune import finetune
+from lightning_metanas.functional import record_statistics
+from lightning_metanas.maml import TaskAdapter
 from lightning_metanas.meta_config import MetaConfig
 from lightning_metanas.predictor import PerformancePredictor
 from lightning_metanas.scoring import Scorer, Tasks
 from lightning_metanas.search_config import SearchConfig
 from lightning_metanas.search_space import Architecture, SearchSpace
+from lightning_metanas.standalone import StandaloneNet
 from lightning_metanas.supernet import SuperNet
+
+MIN_IMAGES_SEARCH = 3  # per class, when an architecture is searched on the task
+MIN_IMAGES_GIVEN = 2  # per class, when the architecture is given
 
 
 @dataclass
-class AdaptConfig:
-    """Settings of one adaptation: each field is a flag of ``adapt.py`` (``--budget``, ...).
+class TaskSearchConfig:
+    """The search on the task (adapt.py's ``--search.*``).
 
     Args:
-        budget: real scorings of the search (architectures fine-tuned and scored on the task).
+        scorings: real scorings (candidates adapted and scored on the task).
         warm_start: start from the meta-population, with the meta-predictor screening
-            offspring; False: random initial population, no predictor, same budget and weights.
+            offspring; false: random initial population, no predictor, same scorings and weights.
         population_size: population of the task search (default: the checkpoint's search
-            setting, capped by ``budget``).
+            setting, capped by ``scorings``).
         offspring: architectures scored per generation after the first (default: the
             checkpoint's search setting).
-        init: ``meta`` (fine-tune from the meta-weights) or ``random`` (from a freshly
-            initialised SuperNet, seeded: a reference without meta-learning).
-        head: ``auto`` (keep the meta-learned head when the task has ``ways`` classes, else
-            a zero head of the task's class count) or ``zero`` (always a zero head).
-        score_tasks: partitions of the train split into support/query a candidate is scored on.
+        tasks_per_score: partitions of the train split into support/query a candidate is
+            scored on (the meta-search's ``tasks_per_score``, on the task).
         score_shots: support images per class in each partition (at most all but one of a
             class's training images).
         score_queries: held-out query images per class in each partition (at most the rest).
-        score_steps: SGD steps at the meta inner learning rate before the query accuracy
-            (default: the checkpoint's ``eval_inner_steps``).
-        finetune_steps: optimiser steps of the final fine-tuning on the train split.
-        lr: learning rate of the final fine-tuning.
-        optimizer: ``adam`` or ``sgd`` for the final fine-tuning.
-        batch_size: mini-batch size of the final fine-tuning (capped by the train split).
-        seed: seed of the train/validation split, the search, the scoring partitions, the
-            mini-batches and ``init=random``.
     """
 
-    budget: int = 24
+    scorings: int = 24
     warm_start: bool = True
     population_size: Optional[int] = None
     offspring: Optional[int] = None
-    init: Literal["meta", "random"] = "meta"
-    head: Literal["auto", "zero"] = "auto"
-    score_tasks: int = 4
+    tasks_per_score: int = 4
     score_shots: int = 5
     score_queries: int = 5
-    score_steps: Optional[int] = None
-    finetune_steps: int = 100
+
+    def __post_init__(self) -> None:
+        minimums = {"scorings": 2, "population_size": 2, "offspring": 1, "tasks_per_score": 1, "score_shots": 1,
+                    "score_queries": 1}
+        for name, minimum in minimums.items():
+            if getattr(self, name) is not None or name not in ("population_size", "offspring"):
+                require_int(f"--search.{name}", getattr(self, name), minimum)
+        if not isinstance(self.warm_start, bool):
+            raise SettingsError(f"--search.warm_start must be true or false, got {self.warm_start!r}")
+
+
+@dataclass
+class FinetuneConfig:
+    """The final fine-tuning (adapt.py's ``--finetune.*``).
+
+    Args:
+        steps: optimiser steps on the train split.
+        lr: learning rate.
+        optimizer: ``adam`` or ``sgd``.
+        batch_size: mini-batch size (capped by the train split).
+        init: ``meta`` (from the meta-weights) or ``random`` (from a freshly initialised,
+            seeded SuperNet: a reference without meta-learning).
+        head: ``auto`` (keep the meta-learned head when the task has ``ways`` classes, else a
+            zero head of the task's class count) or ``zero`` (always a zero head).
+    """
+
+    steps: int = 100
     lr: float = 0.01
     optimizer: Literal["adam", "sgd"] = "adam"
     batch_size: int = 32
-    seed: int = 0
+    init: Literal["meta", "random"] = "meta"
+    head: Literal["auto", "zero"] = "auto"
 
     def __post_init__(self) -> None:
-        minimums = {"budget": 2, "population_size": 2, "offspring": 1, "score_tasks": 1, "score_shots": 1,
-                    "score_queries": 1, "batch_size": 1, "score_steps": 1, "finetune_steps": 0}
-        optional = ("population_size", "offspring", "score_steps")  # None: the checkpoint's setting
-        for name, minimum in minimums.items():
-            if name not in optional or getattr(self, name) is not None:
-                require_int(f"--{name}", getattr(self, name), minimum)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise SettingsError(f"--seed must be an integer, got {self.seed!r}")
-        require_positive("--lr", self.lr)
+        require_int("--finetune.steps", self.steps, 0)
+        require_int("--finetune.batch_size", self.batch_size, 1)
+        require_positive("--finetune.lr", self.lr)
         for name, allowed in (("init", ("meta", "random")), ("head", ("auto", "zero")),
                               ("optimizer", ("adam", "sgd"))):
             if getattr(self, name) not in allowed:
-                raise SettingsError(f"--{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
-        if not isinstance(self.warm_start, bool):
-            raise SettingsError(f"--warm_start must be true or false, got {self.warm_start!r}")
+                raise SettingsError(f"--finetune.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -145,16 +144,17 @@ class SearchOutcome:
 
 @dataclass
 class AdaptResult:
-    arch: Architecture
-    val_acc: float
-    search_score: float
-    search_seconds: float
+    model: AdaptedModel  # the network to save and deploy
+    val_acc: float  # held-out accuracy, each image alone (inductive): what the saved model does
+    val_acc_transductive: float  # held-out images normalised as one batch (the meta-test's protocol)
+    searched: bool  # False: the architecture was given
+    search: Optional[SearchOutcome]
     finetune_seconds: float
-    scorings: int
-    generations: int
-    predictor_used: bool
     head: str  # "meta" (the meta-learned head), "zero", or "random" (init="random")
-    scored: list[dict]
+
+    @property
+    def arch(self) -> Architecture:
+        return self.model.arch
 
 
 # -- the network for the task ------------------------------------------------------------
@@ -227,12 +227,12 @@ class FrozenPredictor(PerformancePredictor):
 
 
 def adaptation_evolution_config(
-    base: SearchConfig, budget: int, population_size: Optional[int] = None,
+    base: SearchConfig, scorings: int, population_size: Optional[int] = None,
     offspring: Optional[int] = None,
 ) -> SearchConfig:
-    """The meta-search's settings for a one-task search: population capped by the budget, no
-    re-scoring of survivors (the weights are fixed, so a score is final)."""
-    population = max(2, min(population_size or base.population_size, budget))
+    """The meta-search's settings for a one-task search: population capped by the number of
+    scorings, no re-scoring of survivors (the weights are fixed, so a score is final)."""
+    population = max(2, min(population_size or base.population_size, scorings))
     offspring = offspring or base.offspring
     return replace(
         base,
@@ -264,12 +264,12 @@ def search_architecture(
     scorer: Scorer,
     space: SearchSpace,
     config: SearchConfig,
-    budget: int,
+    scorings: int,
     seed: int = 0,
     meta_state: Optional[dict] = None,
     fits: Optional[Callable[[Architecture], bool]] = None,
 ) -> SearchOutcome:
-    """At most ``budget`` real scorings of ``EvolutionarySearch.run`` on the task (``scorer``):
+    """At most ``scorings`` real scorings of ``EvolutionarySearch.run`` on the task (``scorer``):
     warm-started from ``meta_state`` (the checkpoint's ``EvolutionarySearch.state_dict()``:
     population, archive and predictor) when given, from a random population otherwise; only
     architectures that ``fits`` (the cost budget)."""
@@ -287,7 +287,7 @@ def search_architecture(
         search.predictor.load_state_dict(meta_state["predictor"])
         search.predictor_tau = meta_state.get("predictor_tau")
         search.initial_population = lambda: initial  # the first generation scores these
-    search.run(scorer, max_scorings=budget)
+    search.run(scorer, max_scorings=scorings)
     scored = [{"arch": a.to_dict(), "score": s, "accuracy": search.accuracies[a],
                "generation": search.first_scored[a], "predicted": search.predicted.get(a)}
               for a, s in search.archive.items()]
@@ -303,104 +303,75 @@ def search_architecture(
     )
 
 
-# -- fine-tuning and measuring -----------------------------------------------------------
-def minibatches(x: torch.Tensor, y: torch.Tensor, steps: int, batch_size: int, seed: int = 0) -> Iterator[Batch]:
-    """``steps`` mini-batches of ``min(batch_size, len(y))`` images drawn from seeded
-    permutations of ``(x, y)``, one permutation after the other."""
-    generator = seeding.torch_generator(seed, "minibatches")
-    size = min(batch_size, len(y))
-    stream = torch.empty(0, dtype=torch.long)
-    for _ in range(steps):
-        while len(stream) < size:
-            stream = torch.cat([stream, torch.randperm(len(y), generator=generator)])
-        index, stream = stream[:size], stream[size:]
-        yield x[index], y[index]
-
-
-def finetune(
-    adapter: TaskAdapter, arch: Architecture, x: torch.Tensor, y: torch.Tensor, steps: int,
-    lr: float, optimizer: str = "adam", batch_size: int = 32, seed: int = 0,
-) -> list[torch.Tensor]:
-    """Fine-tune copies of the parameters ``arch`` uses (the network is left as it is): a plain
-    optimiser loop (Adam or SGD) over ``minibatches`` of the subnet's cross-entropy. Returns
-    the fine-tuned parameters, in the order of ``adapter.subnet(arch)``."""
-    forward, leaves = adapter.subnet(arch)
-    params = [p.detach().clone().requires_grad_(True) for p in leaves]
-    opt = (torch.optim.Adam if optimizer == "adam" else torch.optim.SGD)(params, lr=lr)
-    with torch.enable_grad():
-        for bx, by in minibatches(x, y, steps, batch_size, seed):
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(forward(params, adapter.in_memory_layout(bx)), by).backward()
-            opt.step()
-    return [p.detach() for p in params]
+# -- the whole adaptation ------------------------------------------------------------------
+def check_images_per_class(data: LabelledImages, searched: bool) -> None:
+    """Every class has the images this adaptation needs, else one line naming the class and
+    the real minimum."""
+    need = MIN_IMAGES_SEARCH if searched else MIN_IMAGES_GIVEN
+    counts = torch.bincount(data.labels, minlength=data.num_classes).tolist()
+    for name, count in zip(data.class_names, counts):
+        if count < need:
+            why = ("2 to fine-tune and score candidates on, 1 held out; a given architecture "
+                   "(--model.eval_arch) needs 2") if searched else "1 to fine-tune on, 1 held out"
+            raise SettingsError(f"class {name!r} has {count} image(s); adapting needs at least {need} per class ({why})")
 
 
 @torch.no_grad()
-def accuracy(
-    adapter: TaskAdapter, arch: Architecture, params: list[torch.Tensor], x: torch.Tensor,
-    y: torch.Tensor, chunk: int = 1024,
-) -> float:
-    """Share of ``x`` classified as ``y`` by ``arch`` with ``params`` (BatchNorm normalises
-    with the statistics of each chunk of up to ``chunk`` images: one batch for small sets)."""
+def held_out_accuracies(net: SuperNet, arch: Architecture, params: list[torch.Tensor], model: AdaptedModel,
+                        adapter: TaskAdapter, val: LabelledImages) -> tuple[float, float]:
+    """(inductive, transductive) accuracy on the held-out images: the saved model, each image
+    alone; and the adapted subnet with the held-out images normalised as one batch."""
     forward = adapter.subnet(arch)[0]
-    correct = 0
-    for start in range(0, len(y), chunk):
-        logits = forward(params, adapter.in_memory_layout(x[start : start + chunk]))
-        correct += int((logits.argmax(-1) == y[start : start + chunk]).sum())
-    return correct / len(y)
+    transductive = forward(params, adapter.in_memory_layout(val.images)).argmax(-1)
+    model.net.to(val.images.device)
+    inductive = model.logits(val.images).argmax(-1)
+    return float((inductive == val.labels).float().mean()), float((transductive == val.labels).float().mean())
 
 
 def adapt(
-    supernet: SuperNet,
-    meta: MetaConfig,
-    train: LabelledImages,
-    val: LabelledImages,
-    config: AdaptConfig,
-    search_state: Optional[dict] = None,
+    supernet: SuperNet, meta: MetaConfig, train: LabelledImages, val: LabelledImages, preprocessing: Preprocessing,
+    search: TaskSearchConfig = TaskSearchConfig(), tuning: FinetuneConfig = FinetuneConfig(),
+    search_state: Optional[dict] = None, arch: Optional[Architecture] = None, seed: int = 0,
+    steps: Optional[int] = None,
 ) -> AdaptResult:
-    """Search an architecture for the task ``(train, val)`` and fine-tune it (see the module
-    docstring). ``search_state`` is the checkpoint's ``EvolutionarySearch.state_dict()``:
-    needed for a warm start, and the source of the evolution settings in both modes."""
-    if config.warm_start and not search_state:
+    """Adapt to the task ``(train, val)`` (see the module docstring): ``arch``, or the best of a
+    search; ``search_state`` is the checkpoint's ``EvolutionarySearch.state_dict()`` (the
+    search's settings, and its population and predictor for a warm start); ``steps``: the
+    scoring's adaptation steps (default: the checkpoint's ``eval_inner_steps``)."""
+    searched = arch is None
+    if searched and search.warm_start and not search_state:
         raise SettingsError(
-            "the checkpoint holds no search state (it was not written by a run with the "
-            "EvolutionCallback) to warm-start from; use --warm_start false"
-        )
+            "the checkpoint holds no search state (it was not written by a run with a search) to "
+            "warm-start from; use --search.warm_start false, or give --model.eval_arch")
     if train.num_classes != val.num_classes:
-        raise SettingsError("train and validation splits have different classes")
+        raise SettingsError("train and held-out images have different classes")
     base = SearchConfig.from_dict(search_state["config"]) if search_state else SearchConfig()
-    evolution = adaptation_evolution_config(base, config.budget, config.population_size, config.offspring)
-    net, head = task_network(supernet, train.num_classes, config.head, config.init, config.seed)
+    net, head = task_network(supernet, train.num_classes, tuning.head, tuning.init, seed)
     device = net.head_weight.device
     train = LabelledImages(train.images.to(device), train.labels.to(device), train.class_names)
     val = LabelledImages(val.images.to(device), val.labels.to(device), val.class_names)
     adapter = TaskAdapter.from_config(net, meta)
-    tasks = scoring_tasks(train, config.score_tasks, config.score_shots, config.score_queries, config.seed)
-    # the meta-search's score (its size prior; parameters counted on the meta-SuperNet, whose
-    # head the prior's unit was measured with) and its cost budget
-    scorer = Scorer.on_tasks(adapter, tasks, config.score_steps or meta.eval_inner_steps, base.size_prior)
-    scorer.params, scorer.largest = supernet.num_parameters, supernet.largest_num_parameters()
-    costs = CostModel(supernet.space, supernet.ways, supernet.in_channels, train.images.shape[-1], base.budget,
-                      supernet=supernet)
-    outcome = search_architecture(
-        scorer, supernet.space, evolution, config.budget, config.seed,
-        search_state if config.warm_start else None, fits=costs.fits,
-    )
+    outcome = None
+    if searched:
+        tasks = scoring_tasks(train, search.tasks_per_score, search.score_shots, search.score_queries, seed)
+        # the meta-search's score: its size prior, with parameters counted on the meta-SuperNet
+        # (the prior's unit was measured with its head), and its cost budget
+        scorer = Scorer(Scorer.on_tasks(adapter, tasks, steps or meta.eval_inner_steps).compute,
+                        supernet.num_parameters, supernet.largest_num_parameters(), base.size_prior)
+        costs = CostModel(supernet.space, supernet.ways, supernet.in_channels, train.images.shape[-1], base.budget,
+                          supernet=supernet)
+        evolution = adaptation_evolution_config(base, search.scorings, search.population_size, search.offspring)
+        outcome = search_architecture(scorer, supernet.space, evolution, search.scorings, seed,
+                                      search_state if search.warm_start else None, fits=costs.fits)
+        arch = outcome.best
     start = time.perf_counter()
-    params = finetune(
-        adapter, outcome.best, train.images, train.labels, config.finetune_steps, config.lr,
-        config.optimizer, config.batch_size, config.seed,
-    )
+    params = finetune(adapter, arch, train.images, train.labels, tuning.steps, tuning.lr, tuning.optimizer,
+                      tuning.batch_size, seed)
     finetune_seconds = time.perf_counter() - start
-    return AdaptResult(
-        arch=outcome.best,
-        val_acc=accuracy(adapter, outcome.best, params, val.images, val.labels),
-        search_score=outcome.best_score,
-        search_seconds=outcome.seconds,
-        finetune_seconds=finetune_seconds,
-        scorings=len(outcome.scored),
-        generations=outcome.generations,
-        predictor_used=outcome.predictor_used,
-        head=head,
-        scored=outcome.scored,
-    )
+    names = adapter.used(arch)[0]
+    stats = record_statistics(adapter.threads.module(), arch, names, params, adapter.in_memory_layout(train.images))
+    standalone = StandaloneNet.from_supernet(net, arch, train.images.shape[-1], params, stats)
+    model = AdaptedModel(standalone, list(train.class_names), preprocessing, {})
+    inductive, transductive = held_out_accuracies(net, arch, params, model, adapter, val)
+    model.net.cpu()
+    return AdaptResult(model, inductive, transductive, searched, outcome, finetune_seconds, head)

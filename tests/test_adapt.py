@@ -11,19 +11,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
 from lightning_metanas.adaptation import (
-    AdaptConfig,
+    FinetuneConfig,
+    TaskSearchConfig,
     adapt,
     adaptation_evolution_config,
+    check_images_per_class,
     meta_population,
     scoring_tasks,
     search_architecture,
     task_network,
 )
 from lightning_metanas.data import DataError, LabelledImages, load_image_folder, split_image_folder
-from lightning_metanas.errors import SettingsError
+from lightning_metanas.adapted_model import Preprocessing
+from lightning_metanas.commands import device_for
+from lightning_metanas.errors import SettingsError, run_main
 from lightning_metanas.evolution import EvolutionarySearch, EvolutionConfig
 from lightning_metanas.scoring import Scorer
 from lightning_metanas.search_config import SearchConfig
@@ -32,45 +35,17 @@ from lightning_metanas.meta_config import MetaConfig
 from lightning_metanas.predictor import PredictorConfig
 from lightning_metanas.search_space import Architecture, SearchSpace
 from lightning_metanas.supernet import SuperNet
+from tests.helpers import draw, write_shapes
 from tests.test_train import ROOT, SEARCH, SYNTHETIC
 
 sys.path.insert(0, str(ROOT))
 import adapt as adapt_cli  # noqa: E402
 
-SHAPES = ("disc", "frame", "hbars", "vbars")
 LINE = re.compile(
     r"^adapt: (warm-start|from-scratch) search of (\d+) scorings in [\d.]+s, fine-tune in "
-    r"[\d.]+s: validation accuracy ([\d.]+)% on (\d+) classes \((\d+) images\), architecture (\S+)$"
+    r"[\d.]+s: held-out accuracy ([\d.]+)% one image at a time \(([\d.]+)% as one batch\) on (\d+) classes "
+    r"\((\d+) images\), architecture (\S+)$"
 )
-
-
-def draw(kind: str, rng: random.Random, size: int = 28) -> Image.Image:
-    """A white shape on black (ink = 1, like the synthetic meta-training data), jittered in
-    position and size: four classes a small conv net tells apart from a few examples."""
-    img = Image.new("L", (size, size), 0)
-    pen = ImageDraw.Draw(img)
-    cx, cy, r = size // 2 + rng.randint(-3, 3), size // 2 + rng.randint(-3, 3), rng.randint(6, 9)
-    box = [cx - r, cy - r, cx + r, cy + r]
-    if kind == "disc":
-        pen.ellipse(box, fill=255)
-    elif kind == "frame":
-        pen.rectangle(box, outline=255, width=2)
-    elif kind == "hbars":
-        for y in range(box[1], box[3], 4):
-            pen.line([box[0], y, box[2], y], fill=255, width=2)
-    else:
-        for x in range(box[0], box[2], 4):
-            pen.line([x, box[1], x, box[3]], fill=255, width=2)
-    return img
-
-
-def write_shapes(root: Path, per_class: int = 8, seed: int = 0) -> Path:
-    rng = random.Random(seed)
-    for kind in SHAPES:
-        (root / kind).mkdir(parents=True)
-        for i in range(per_class):
-            draw(kind, rng).save(root / kind / f"{i:02d}.png")
-    return root
 
 
 def start(*args):
@@ -177,7 +152,7 @@ def test_warm_start_scores_the_meta_population_first_and_both_spend_the_budget()
     adapter = TaskAdapter(net, inner_lr=0.4)
     tasks = scoring_tasks(toy_task(), tasks=2, shots=2, queries=3)
     assert tasks[0].shape == (2, 6, 1, 8, 8) and tasks[3].shape == (2, 9)
-    config = adaptation_evolution_config(SearchConfig(**state["config"]), budget=9)
+    config = adaptation_evolution_config(SearchConfig(**state["config"]), scorings=9)
     assert config.population_size == 4 and not config.rescore_population
     before = {k: v.clone() for k, v in state["predictor"]["model"].items()}
 
@@ -197,23 +172,52 @@ def test_warm_start_scores_the_meta_population_first_and_both_spend_the_budget()
     assert len(meta_population(state, TINY, 6)) == 6
 
 
+PLAIN = Preprocessing(image_size=8, channels=1, invert=False)
+
+
 def test_adapt_leaves_the_meta_weights_alone_and_is_deterministic():
     torch.manual_seed(0)
     supernet = SuperNet(TINY, ways=3)
     weights = {k: v.clone() for k, v in supernet.state_dict().items()}
     task = toy_task(per_class=8)
     train, val = split_image_folder(task, 0.25, seed=0)
-    config = AdaptConfig(budget=4, finetune_steps=20, lr=0.01, score_tasks=1, seed=3)
-    a = adapt(supernet, MetaConfig(), train, val, config, toy_meta_state())
-    b = adapt(supernet, MetaConfig(), train, val, config, toy_meta_state())
+    search, tuning = TaskSearchConfig(scorings=4, tasks_per_score=1), FinetuneConfig(steps=20, lr=0.01)
+    a = adapt(supernet, MetaConfig(), train, val, PLAIN, search, tuning, toy_meta_state(), seed=3)
+    b = adapt(supernet, MetaConfig(), train, val, PLAIN, search, tuning, toy_meta_state(), seed=3)
     assert a.head == "meta"  # the task has the checkpoint's 3 ways: the meta-learned head is kept
-    assert (a.arch, a.val_acc, a.scored) == (b.arch, b.val_acc, b.scored)
+    assert (a.arch, a.val_acc, a.val_acc_transductive, a.search.scored) == (b.arch, b.val_acc, b.val_acc_transductive,
+                                                                            b.search.scored)
+    assert all(torch.equal(x, y) for x, y in zip(a.model.net.state_dict().values(), b.model.net.state_dict().values()))
     for k, v in supernet.state_dict().items():
         assert torch.equal(v, weights[k]), k
-    with pytest.raises(SettingsError, match="no search state .* --warm_start false"):
-        adapt(supernet, MetaConfig(), train, val, config, None)
-    with pytest.raises(SettingsError, match="--budget must be an integer >= 2"):
-        AdaptConfig(budget=1)
+    with pytest.raises(SettingsError, match="no search state .* --search.warm_start false"):
+        adapt(supernet, MetaConfig(), train, val, PLAIN, search, tuning, None)
+    with pytest.raises(SettingsError, match="--search.scorings must be an integer >= 2"):
+        TaskSearchConfig(scorings=1)
+
+
+def test_adapt_with_a_given_architecture_searches_nothing_and_saves_what_it_measured():
+    torch.manual_seed(0)
+    supernet = SuperNet(TINY, ways=3)
+    task = toy_task(per_class=6)
+    train, val = split_image_folder(task, 0.25, seed=0)
+    arch = Architecture(("conv3x3", "max_pool3x3"), (8, 4))
+    result = adapt(supernet, MetaConfig(), train, val, PLAIN, tuning=FinetuneConfig(steps=10), arch=arch)
+    assert result.arch == arch and not result.searched and result.search is None
+    # the saved network, each held-out image alone, gives the accuracy reported
+    predictions = result.model.logits(val.images, batch_size=1).argmax(-1)
+    assert float((predictions == val.labels).float().mean()) == result.val_acc
+    assert result.model.class_names == list(task.class_names)
+
+
+def test_the_minimum_images_per_class_is_the_one_the_error_names():
+    few = toy_task(classes=3, per_class=2)
+    check_images_per_class(few, searched=False)  # 2 suffice for a given architecture
+    with pytest.raises(SettingsError, match=r"class 'c0' has 2 image\(s\); adapting needs at least 3 per class"):
+        check_images_per_class(few, searched=True)
+    check_images_per_class(toy_task(classes=3, per_class=3), searched=True)
+    train, val = split_image_folder(toy_task(classes=3, per_class=3), 0.25, seed=0)  # 2 train, 1 held out each
+    assert scoring_tasks(train, tasks=1, shots=5, queries=5)[3].shape == (1, 3)
 
 
 def test_cli_input_errors_are_one_line(tmp_path, capsys):
@@ -234,32 +238,33 @@ def test_cli_input_errors_are_one_line(tmp_path, capsys):
         ([str(junk), tmp_path / "empty"], "has no class folders"),
         ([str(junk), broken], "cannot be loaded with torch.load(weights_only=True): truncated, damaged or not a torch checkpoint"),
         ([str(stub), broken], f"cannot decode image {broken / 'hbars' / '02.png'}"),
-        ([str(stub), broken, "--budget", "1"], "--budget must be an integer >= 2, got 1"),
+        ([str(stub), broken, "--search.scorings", "1"], "--search.scorings must be an integer >= 2, got 1"),
+        ([str(stub), broken, "--budget", "4"], "--budget is now --search.scorings"),
+        ([str(stub), broken, "--trainer.accelerator", "tpu"], "--trainer.accelerator must be auto, cpu, gpu or cuda, got 'tpu'"),
     ]
     for (ckpt, root, *extra), message in cases:
-        assert adapt_cli.cli_main(["--ckpt_path", ckpt, "--data_root", str(root), *extra]) == 2
+        assert run_main(lambda: adapt_cli.main(["--ckpt_path", ckpt, "--data.root", str(root), *extra])) == 1
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, (message, err)
 
 
-def test_accelerator_flag():
-    """``--accelerator``: ``auto`` takes CUDA where there is one; asking for a GPU where torch
-    sees none is a one-line error."""
-    assert adapt_cli.accelerator_device("cpu") == torch.device("cpu")
-    assert adapt_cli.accelerator_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+def test_accelerator_rule_of_every_command():
+    """``--trainer.accelerator``: ``auto`` takes CUDA where there is one; asking for a GPU where
+    torch sees none is a one-line error."""
+    assert device_for("cpu") == torch.device("cpu")
+    assert device_for("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(SettingsError, match="--accelerator gpu: no CUDA device is available here"):
-            adapt_cli.accelerator_device("gpu")
-    with pytest.raises(SettingsError, match="--accelerator must be auto, cpu, gpu or cuda, got 'tpu'"):
-        adapt_cli.accelerator_device("tpu")
+        with pytest.raises(SettingsError, match="--trainer.accelerator=gpu: no CUDA GPU was found on this machine; "
+                                                "use --trainer.accelerator=cpu"):
+            device_for("gpu")
 
 
 @pytest.mark.slow
-def test_adapt_py_exits_2_with_one_line(tmp_path):
-    """The same, as a user runs it: a subprocess, exit status 2, one line, no traceback."""
+def test_adapt_py_exits_1_with_one_line(tmp_path):
+    """The same, as a user runs it: a subprocess, exit status 1, one line, no traceback."""
     ckpt = tmp_path / "stub.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {}}, ckpt)
-    _, err = finish(start("--ckpt_path", str(ckpt), "--data_root", str(tmp_path / "nowhere")), expect=2)
+    _, err = finish(start("--ckpt_path", str(ckpt), "--data.root", str(tmp_path / "nowhere")), expect=1)
     assert err == f"error: image folder not found: {tmp_path / 'nowhere'}\n"
 
 
@@ -277,32 +282,35 @@ def search_checkpoint(tmp_path_factory):
 @pytest.mark.slow
 def test_adapt_warm_and_scratch_on_an_image_folder(search_checkpoint, tmp_path):
     folder = write_shapes(tmp_path / "shapes", per_class=8)
-    common = ["--ckpt_path", str(search_checkpoint), "--data_root", str(folder), "--budget", "6",
-              "--finetune_steps", "40", "--seed", "0"]
+    common = ["--ckpt_path", str(search_checkpoint), "--data.root", str(folder), "--search.scorings", "6",
+              "--finetune.steps", "40", "--seed_everything", "0"]
     procs = {
         "warm": start(*common, "--out", str(tmp_path / "warm.json")),
-        "scratch": start(*common, "--warm_start", "false", "--out", str(tmp_path / "scratch.json")),
+        "scratch": start(*common, "--search.warm_start", "false", "--out", str(tmp_path / "scratch.json")),
     }
     checkpoint = torch.load(search_checkpoint, weights_only=True)
     meta = next(v for k, v in checkpoint["callbacks"].items() if "EvolutionCallback" in k)
     results = {}
     for mode in ("warm", "scratch"):
         out, _ = finish(procs[mode])
-        match = LINE.match(out.strip().splitlines()[-1])
+        line = next(line for line in out.splitlines() if line.startswith("adapt:"))
+        match = LINE.match(line)
         assert match, out
-        kind, scorings, acc, classes, n_val, arch = match.groups()
+        kind, scorings, acc, batch_acc, classes, n_val, arch = match.groups()
         assert kind == {"warm": "warm-start", "scratch": "from-scratch"}[mode]
         assert (int(scorings), int(classes), int(n_val)) == (6, 4, 8)
         result = results[mode] = json.loads((tmp_path / f"{mode}.json").read_text())
-        assert {"arch", "val_acc", "search_seconds", "finetune_seconds", "warm_start", "budget",
-                "seed"} <= set(result)
-        assert result["warm_start"] is (mode == "warm") and result["budget"] == 6 and result["seed"] == 0
+        assert {"arch", "val_acc", "val_acc_transductive", "search_seconds", "finetune_seconds", "warm_start",
+                "scorings", "seed", "model"} <= set(result)
+        assert result["warm_start"] is (mode == "warm") and result["scorings"] == 6 and result["seed"] == 0
+        assert result["val_acc_transductive"] == pytest.approx(float(batch_acc) / 100, abs=1e-4)
+        assert Path(result["model"]) == tmp_path / f"{mode}.model.pt" and Path(result["model"]).is_file()
         assert str(Architecture.from_dict(result["arch"])) == arch
         assert result["val_acc"] == pytest.approx(float(acc) / 100, abs=1e-4)
         assert result["val_acc"] >= 0.5  # chance is 0.25: the shapes are learnt
         assert result["search_seconds"] > 0 and result["finetune_seconds"] > 0
         assert result["head"] == "zero"  # 4 classes, a 3-way checkpoint
-        print(mode, out.strip().splitlines()[-1])
+        print(mode, line)
     assert results["warm"]["scorings"] == results["scratch"]["scorings"] == 6
     best_first = [m["arch"] for m in sorted(meta["population"], key=lambda m: -m["score"])]
     assert [s["arch"] for s in results["warm"]["scored"][: len(best_first)]] == best_first

@@ -266,13 +266,14 @@ def test_rgb_dataset_end_to_end(tmp_path):
     assert "<td>dataset</td><td>folder</td>" in (run_dir / "report.html").read_text()
     assert json.loads((run_dir / "test_result.json").read_text())["ways"] == 3
 
-    result = eval_cli.main(["--ckpt_path", str(checkpoints / "last.ckpt"), "--arch",
-                            str(checkpoints / "best_arch.json"), "--tasks", "4"])
+    result = eval_cli.main(["--ckpt_path", str(checkpoints / "last.ckpt"), "--model.eval_arch",
+                            str(checkpoints / "best_arch.json"), "--data.test_tasks", "4"])
     assert result["tasks"] == 4 and 0.0 <= result["acc"] <= 1.0
 
     # a split folder is a labelled image folder: adapt to the test classes
-    record = adapt_cli.main(["--ckpt_path", str(checkpoints / "last.ckpt"), "--data_root",
-                             str(root / "test"), "--budget", "2", "--finetune_steps", "5",
-                             "--score_tasks", "1", "--score_shots", "2", "--score_queries", "2"])
-    assert (record["channels"], record["classes"], record["scorings"]) == (3, 4, 2)
-    assert record["normalization"] == checkpoint["EpisodicDataModule"]["normalization"]
+    record = adapt_cli.main(["--ckpt_path", str(checkpoints / "last.ckpt"), "--data.root",
+                             str(root / "test"), "--search.scorings", "2", "--finetune.steps", "5",
+                             "--search.tasks_per_score", "1", "--search.score_shots", "2", "--search.score_queries", "2"])
+    assert (record["preprocessing"]["channels"], record["classes"], record["scorings"]) == (3, 4, 2)
+    normalization = checkpoint["EpisodicDataModule"]["normalization"]
+    assert (record["preprocessing"]["mean"], record["preprocessing"]["std"]) == (normalization["mean"], normalization["std"])

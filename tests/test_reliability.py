@@ -197,7 +197,7 @@ def test_bad_architecture_json_through_eval_py(tmp_path, small_checkpoint, kind)
     text, needles = ARCH_FILES[kind]
     path = tmp_path / f"{kind}.json"
     path.write_text(text)
-    line = eval_in_process("--ckpt_path", str(small_checkpoint), "--arch", str(path), "--tasks", "3")
+    line = eval_in_process("--ckpt_path", str(small_checkpoint), "--model.eval_arch", str(path), "--data.test_tasks", "3")
     _error_line(line, needles)
 
 
@@ -257,7 +257,7 @@ def test_checkpoint_that_runs_code_is_refused_by_train_and_eval(tmp_path, small_
     proc = run("train.py", *SYNTHETIC, *logs(tmp_path, "evil"), f"--ckpt_path={evil}", check=False)
     one_line_error(proc, f"--ckpt_path {evil} cannot be loaded with torch.load(weights_only=True)",
                    "nothing in it was executed")
-    proc = run("eval.py", "--ckpt_path", str(evil), "--tasks", "3", check=False)
+    proc = run("eval.py", "--ckpt_path", str(evil), "--data.test_tasks", "3", check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "weights_only=True" in proc.stderr and "io.open" in proc.stderr
     assert not marker.exists()

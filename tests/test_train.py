@@ -81,9 +81,9 @@ def test_train_then_eval_a_checkpoint(tmp_path):
     assert ckpt.is_file()
     metrics = (run_dir / "metrics.csv").read_text().splitlines()
     assert {"val/acc", "val/acc_ci95", "train/loss"} <= set(metrics[0].split(","))
-    out = run("eval.py", "--ckpt_path", str(ckpt), "--tasks", "9").stdout
+    out = run("eval.py", "--ckpt_path", str(ckpt), "--data.test_tasks", "9").stdout
     assert "over 9 tasks, 3-way 1-shot" in out
-    again = run("eval.py", "--ckpt_path", str(ckpt), "--tasks", "9").stdout
+    again = run("eval.py", "--ckpt_path", str(ckpt), "--data.test_tasks", "9").stdout
     assert out.splitlines()[-1] == again.splitlines()[-1]  # seeded: same command, same number
 
 
@@ -99,8 +99,8 @@ def test_search_writes_best_arch_history_and_metrics(tmp_path):
     for key in ("search/best_score", "search/mean_score", "search/diversity",
                 "search/real_scorings", "search/predictor_tau"):
         assert key in header
-    out = run("eval.py", "--ckpt_path", str(ckpt_dir / "last.ckpt"), "--arch",
-              str(ckpt_dir / "best_arch.json"), "--tasks", "6").stdout
+    out = run("eval.py", "--ckpt_path", str(ckpt_dir / "last.ckpt"), "--model.eval_arch",
+              str(ckpt_dir / "best_arch.json"), "--data.test_tasks", "6").stdout
     assert str(Architecture.of(best)) in out
 
 

@@ -130,6 +130,16 @@ def fingerprint_files(paths: Sequence[Path], root: Path, extra: bytes = b"") -> 
 # ---------------------------------------------------------------------------------------
 # Decoding one image
 # ---------------------------------------------------------------------------------------
+def pixels_to_float(pixels: np.ndarray, mean: Optional[Sequence[float]] = None,
+                    std: Optional[Sequence[float]] = None) -> torch.Tensor:
+    """uint8 images ``[N, C, S, S]`` (or one, ``[C, S, S]``) as floats ``x / 255``, then
+    ``(x - mean) / std`` per channel when given: the one conversion of every image the networks
+    see (training data, a task folder, a file handed to predict.py)."""
+    x = torch.from_numpy(np.require(pixels, requirements=("C", "W"))).float().div_(255.0)
+    if mean is not None and std is not None:
+        x.sub_(torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)).div_(torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
+    return x
+
 def _checked_mode(img: Image.Image, name: str) -> str:
     if img.mode in GRAY_MODES or img.mode in COLOUR_MODES:
         return img.mode
@@ -212,11 +222,6 @@ class ImageStore:
     def __post_init__(self) -> None:
         n, c, s, _ = self.shape
         self._item_bytes = c * s * s
-        self._scale = None
-        if self.mean is not None:
-            mean = torch.tensor(self.mean, dtype=torch.float32).view(c, 1, 1)
-            std = torch.tensor(self.std, dtype=torch.float32).view(c, 1, 1)
-            self._scale = (mean, std)
 
     @property
     def channels(self) -> int:
@@ -252,10 +257,7 @@ class ImageStore:
         return np.frombuffer(buffer, dtype=np.uint8).reshape(stop - start, *self.shape[1:])
 
     def _to_float(self, pixels: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(pixels).float().div_(255.0)
-        if self._scale is not None:
-            x.sub_(self._scale[0]).div_(self._scale[1])
-        return x
+        return pixels_to_float(pixels, self.mean, self.std)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self._to_float(self.uint8(int(index))[0])
