@@ -31,13 +31,16 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import pytorch_lightning as pl
+from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from callbacks.evolution import EvolutionCallback
 from callbacks.guards import FiniteLossGuard, NonFiniteLossError
+from callbacks.progress import EpochLines
 from callbacks.tracking import SearchTrackingCallback
 from lightning_metanas.cli import build_cli, resolve_ckpt_path
 from lightning_metanas.errors import SettingsError
+from lightning_metanas.quiet import silence_third_party_noise
 from lightning_metanas.report import TEST_RESULT, test_result
 
 NORM_MEANING = {
@@ -90,8 +93,10 @@ def stopped_cleanly(trainer: pl.Trainer, resumed_from: Optional[str]) -> Iterato
 
 
 def main(args: list[str] | None = None) -> None:
+    silence_third_party_noise()
     cli = build_cli(
-        args, forced_callbacks={"finite_guard": FiniteLossGuard, "tracking": SearchTrackingCallback},
+        args, forced_callbacks={"finite_guard": FiniteLossGuard, "tracking": SearchTrackingCallback,
+                                "epoch_lines": EpochLines},
         search_callback=EvolutionCallback,
     )
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
@@ -115,11 +120,16 @@ def main(args: list[str] | None = None) -> None:
         other = "support" if result["norm"] == "transductive" else "transductive"
         print(f"  under {other} normalisation: {100 * result[f'acc_{other}']:.2f}% ± "
               f"{100 * result[f'acc_{other}_ci95']:.2f}% ({NORM_MEANING[other]})")
+        if best:  # the best-validation checkpoint, not last.ckpt: eval.py on it repeats these figures
+            print(f"  the same figures again: python eval.py --ckpt_path {best} --data.test_tasks {result['tasks']:.0f}")
         if trainer.checkpoint_callback and trainer.checkpoint_callback.dirpath and not trainer.fast_dev_run:
             # next to config.yaml and checkpoints/, for `python -m lightning_metanas.report`
             record = test_result(result, data.ways, data.shots, arch) | {"checkpoint": best}
             path = Path(trainer.checkpoint_callback.dirpath).parent / TEST_RESULT
             path.write_text(json.dumps(record, indent=2) + "\n")
+    for logger in trainer.loggers:  # close W&B runs now, not from an exit hook that may be cut short
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            logger.experiment.finish()
 
 
 def settings_error(err: BaseException) -> Optional[SettingsError]:

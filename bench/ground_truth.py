@@ -283,7 +283,7 @@ def run_one(item: dict, seed: int, args: argparse.Namespace) -> Optional[dict]:
     arch.save(arch_file)
     flags = ["--config", args.config, f"--model.train_arch={arch_file}", f"--trainer.max_epochs={args.epochs}",
              f"--data.train_batches={args.train_batches}", f"--data.meta_batch_size={args.meta_batch_size}",
-             f"--seed_everything={seed}", f"--model.seed={seed}", f"--data.seed={seed}", *args.train_args]
+             f"--seed_everything={seed}", *args.train_args]
     run, command = run_train(flags, runs / name, runs, name)
     if run is None:
         return None

@@ -51,9 +51,9 @@ def arm_command(setting: str, arm: str) -> list[str]:
     raise SystemExit(f"{config} has no '#   {ARMS[arm]}: python train.py ...' header line")
 
 
-def seed_flags(seed: int, search: bool) -> list[str]:
-    flags = [f"--seed_everything={seed}", f"--model.seed={seed}", f"--data.seed={seed}"]
-    return flags + ([f"--search.seed={seed}"] if search else [])
+def seed_flags(seed: int) -> list[str]:
+    """The run's one seed (train.py derives the model's, the data's and the search's from it)."""
+    return [f"--seed_everything={seed}"]
 
 
 def run_one(setting: str, arm: str, seed: int, args: argparse.Namespace) -> Optional[dict]:
@@ -62,7 +62,7 @@ def run_one(setting: str, arm: str, seed: int, args: argparse.Namespace) -> Opti
     if work.exists():  # a run stopped half-way: start it again
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    flags = arm_command(setting, arm) + seed_flags(seed, arm == "search") + [
+    flags = arm_command(setting, arm) + seed_flags(seed) + [
         f"--trainer.logger.init_args.save_dir={args.runs}", f"--trainer.logger.init_args.name={name}",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", WANDB_MODE="disabled")
@@ -116,7 +116,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     )
     if args.list:
         for setting, arm, seed in todo:
-            print(" ".join(["python train.py", *arm_command(setting, arm), *seed_flags(seed, arm == "search")]))
+            print(" ".join(["python train.py", *arm_command(setting, arm), *seed_flags(seed)]))
         return 0
     args.commit, args.machine = git_commit(), cpu_model()
     print(f"{len(todo)} runs to do, {args.lanes} lanes", flush=True)

@@ -23,6 +23,7 @@ from typing import Any, Optional
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
 from callbacks.progress import scoring_progress
 from lightning_metanas.costs import CostModel
@@ -52,6 +53,8 @@ class EvolutionCallback(Callback):
         self._tasks: Optional[Tasks] = None
         self._export_dir: Optional[Path] = None
         self._scorer_step: Optional[int] = None
+        self.populations: dict[int, list[dict]] = {}  # generation -> its population's rows (rank 0)
+        self._wandb_axis = False
 
     # -- lifecycle -----------------------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -156,13 +159,16 @@ class EvolutionCallback(Callback):
         search.load_state_dict(strategy.broadcast(state, src=0))
         record = search.history[-1]  # the record accept returned, on every rank
         self._install_sampler(pl_module)
-        self._log(pl_module, record)
-        if trainer.is_global_zero and self._export_dir is not None:
+        if trainer.is_global_zero:
             self.scored = scored_record(
                 search, self.costs, ways=pl_module.hparams.ways,
                 image_size=pl_module.hparams.image_size, image_channels=pl_module.hparams.image_channels,
             )
-            write_search_files(self._export_dir, search, self.scored)
+            self.populations[record.generation] = self.scored["population"]
+            if self._export_dir is not None:
+                write_search_files(self._export_dir, search, self.scored)
+            self._log(trainer, record)
+            print(generation_line(record, self.config.generations, len(search.archive)), flush=True)
         return record
 
     # -- plumbing ------------------------------------------------------------------------
@@ -178,11 +184,24 @@ class EvolutionCallback(Callback):
             pl_module.sampling,
         )
 
-    def _log(self, pl_module: pl.LightningModule, record: GenerationRecord) -> None:
+    def _log(self, trainer: pl.Trainer, record: GenerationRecord) -> None:
+        """The generation's record as one logged step of its own in every logger, not averaged
+        with the epoch's other generations: a row of metrics.csv, TensorBoard scalars with the
+        generation as their step, W&B metrics plotted against ``search/generation``."""
         metrics = {f"search/{k}": float(v) for k, v in record.to_dict().items() if k != "best_arch" and v is not None}
         metrics["search/archive_size"] = float(len(self.search.archive))
-        # Identical on every rank already (broadcast), so no sync is needed.
-        pl_module.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=False)
+        metrics["epoch"] = float(trainer.current_epoch)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):  # the generation is the step: no epoch scalar
+                logger.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=record.generation)
+            elif isinstance(logger, WandbLogger):
+                if not self._wandb_axis:
+                    logger.experiment.define_metric("search/generation")
+                    logger.experiment.define_metric("search/*", step_metric="search/generation")
+                    self._wandb_axis = True
+                logger.log_metrics(metrics, step=trainer.global_step)
+            else:
+                logger.log_metrics(metrics, step=trainer.global_step)
 
     @staticmethod
     def export_dir(trainer: pl.Trainer) -> Optional[Path]:
@@ -192,3 +211,16 @@ class EvolutionCallback(Callback):
         if trainer.log_dir:
             return Path(trainer.log_dir)
         return None
+
+
+def generation_line(record: GenerationRecord, generations: Optional[int], scored: int) -> str:
+    """The terminal's line for one generation (printed on rank 0, TTY or not)."""
+    of = f"/{generations}" if generations else ""
+    accuracy = "" if record.best_accuracy is None else f" (query accuracy {record.best_accuracy:.3f})"
+    if record.predictor_tau is None:
+        predictor = "predictor not fitted yet"
+    else:
+        predictor = f"predictor tau {record.predictor_tau:.2f}, {'screened' if record.predictor_used else 'not trusted yet'}"
+    return (f"search: generation {record.generation + 1}{of}: best score {record.best_score:.3f}{accuracy} "
+            f"{record.best_arch}; {record.real_scorings} scored now, {scored} so far; {predictor}")
+

@@ -1,4 +1,6 @@
-"""Progress of work that Lightning's own bars do not cover (a generation's scoring)."""
+"""Progress that Lightning's own bars do not show: a generation's scoring on the bar, and a
+line per epoch when stdout is not a terminal (nohup, SLURM logs), where bars print nothing
+useful."""
 from __future__ import annotations
 
 import contextlib
@@ -6,7 +8,7 @@ import sys
 from typing import Callable, Iterator
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import RichProgressBar, TQDMProgressBar
+from pytorch_lightning.callbacks import Callback, RichProgressBar, TQDMProgressBar
 
 
 @contextlib.contextmanager
@@ -25,7 +27,8 @@ def scoring_progress(trainer: pl.Trainer, total: int, description: str = "scorin
         return
     if isinstance(bar, RichProgressBar) and bar.progress is not None:
         progress = bar.progress
-        task = progress.add_task(f"[{bar.theme.description}]{description}", total=total)
+        style = bar.theme.description
+        task = progress.add_task(f"[{style}]{description}" if style else description, total=total)
 
         def advance_rich(n: int = 1) -> None:
             progress.update(task, advance=n)
@@ -48,3 +51,24 @@ def scoring_progress(trainer: pl.Trainer, total: int, description: str = "scorin
             tqdm_bar.close()
         return
     yield lambda n=1: None
+
+
+class EpochLines(Callback):
+    """One line per epoch on stdout when it is not a terminal (a terminal has the bars):
+    the epoch, the step, and the epoch's logged training and validation figures.
+
+    Args:
+        always: print the lines in a terminal too.
+    """
+
+    def __init__(self, always: bool = False) -> None:
+        self.always = always
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking or not (self.always or not sys.stdout.isatty()):
+            return
+        shown = [f"{k} {float(v):.4f}" for k, v in sorted(trainer.callback_metrics.items())
+                 if k.startswith(("train/", "val/")) and not k.endswith("_ci95") and v.numel() == 1]
+        epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        print(f"epoch {trainer.current_epoch + 1}{epochs} (step {trainer.global_step}): " + ", ".join(shown), flush=True)
+

@@ -33,14 +33,14 @@ import pytorch_lightning as pl
 import yaml
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.cli import SaveConfigCallback
-from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
 from callbacks.evolution import EvolutionCallback
 from lightning_metanas import plots
 from lightning_metanas.report import test_result, write_report
 from lightning_metanas.search_space import Architecture
 
-POPULATION_COLUMNS = ["generation", "architecture", "score", "predicted", "params", "flops", "born"]
+POPULATION_COLUMNS = ["generation", "architecture", "accuracy", "score", "predicted", "params", "flops", "born"]
 
 
 class SearchTrackingCallback(Callback):
@@ -108,6 +108,10 @@ class SearchTrackingCallback(Callback):
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         result = getattr(pl_module, "last_result", {}).get("test")
+        if result is not None and trainer.is_global_zero:
+            for logger in trainer.loggers:  # TensorBoard's hparams view: the run's final figure
+                if isinstance(logger, TensorBoardLogger):
+                    logger.log_hyperparams(dict(pl_module.hparams), metrics={"hp_metric": result["acc"]})
         if result is not None and self._reports(trainer):
             # train.py writes test_result.json after trainer.test() returns; the report
             # written now takes the same record directly.
@@ -124,6 +128,7 @@ class SearchTrackingCallback(Callback):
         evolution = _evolution(trainer)
         if evolution is None or len(evolution.search.history) <= self.handled:
             return
+        new = range(self.handled, len(evolution.search.history))
         self.handled = len(evolution.search.history)
         if not trainer.is_global_zero or self.directory is None or evolution.scored is None:
             return
@@ -134,9 +139,25 @@ class SearchTrackingCallback(Callback):
                 self.directory, history, scored["archive"], best=scored["best"], ways=scored["ways"],
                 input_shape=plots.input_shape(scored["image_size"], scored["image_channels"]),
             )
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                _log_tensorboard(logger.experiment, history[-1]["generation"], images, scored)
         if self.wandb_media:
             for run in _wandb_runs(trainer):
+                for g in new:  # one population table per generation, each at its own step
+                    rows = evolution.populations.get(g)
+                    if rows is not None:
+                        self._log_population(run, g, rows)
                 self._log_wandb(run, trainer, history, scored, images)
+
+    @staticmethod
+    def _log_population(run: Any, generation: int, population: list[dict]) -> None:
+        import wandb
+
+        run.log({"search/population": wandb.Table(
+            columns=POPULATION_COLUMNS,
+            data=[[generation, *(r.get(c) for c in POPULATION_COLUMNS[1:])] for r in population],
+        ), "search/generation": generation})
 
     def _log_wandb(self, run: Any, trainer: pl.Trainer, history: list[dict], scored: dict, images: dict[str, Path]) -> None:
         import wandb
@@ -144,10 +165,6 @@ class SearchTrackingCallback(Callback):
         generation, population, archive = scored["generation"], scored["population"], scored["archive"]
         front = set(plots.pareto_front([(r["params"], r["score"]) for r in archive]))
         payload: dict[str, Any] = {
-            "search/population": wandb.Table(
-                columns=POPULATION_COLUMNS,
-                data=[[generation, *(r[c] for c in POPULATION_COLUMNS[1:])] for r in population],
-            ),
             "search/curve": wandb.plot.line_series(
                 xs=[h["generation"] for h in history],
                 ys=[[h["best_score"] for h in history], [h["mean_score"] for h in history]],
@@ -165,9 +182,9 @@ class SearchTrackingCallback(Callback):
             ),
             "search/front": wandb.plot.scatter(
                 wandb.Table(
-                    columns=["architecture", "params", "flops", "score", "pareto", "in_population"],
-                    data=[[r["architecture"], r["params"], r["flops"], r["score"], i in front, r["in_population"]]
-                          for i, r in enumerate(archive)],
+                    columns=["architecture", "params", "flops", "accuracy", "score", "pareto", "in_population"],
+                    data=[[r["architecture"], r["params"], r["flops"], r.get("accuracy"), r["score"], i in front,
+                           r["in_population"]] for i, r in enumerate(archive)],
                 ),
                 "params", "score", title="Accuracy vs parameters (every architecture scored)",
             ),
@@ -209,3 +226,18 @@ def _wandb_runs(trainer: pl.Trainer) -> list[Any]:
     """The W&B runs of the trainer's WandbLoggers (call on rank zero only: elsewhere
     ``experiment`` is a dummy)."""
     return [lg.experiment for lg in trainer.loggers if isinstance(lg, WandbLogger)]
+
+
+def _log_tensorboard(writer: Any, generation: int, images: dict[str, Path], scored: dict) -> None:
+    """The search's plots as images and its best architecture as text, at the generation's step."""
+    import numpy as np
+    from PIL import Image
+
+    for name, path in images.items():
+        with Image.open(path) as img:
+            writer.add_image(f"search/{name}", np.asarray(img.convert("RGB")), generation, dataformats="HWC")
+    best = Architecture.of(scored["best"])
+    row = next((r for r in scored["archive"] if Architecture.of(r["arch"]) == best), {})
+    writer.add_text("search/best_architecture", f"{best} (score {row.get('score', float('nan')):.4f}, "
+                    f"accuracy {row.get('accuracy', float('nan')):.4f}, {row.get('params')} parameters)", generation)
+

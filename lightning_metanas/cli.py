@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -25,9 +26,10 @@ import yaml
 from jsonargparse import lazy_instance
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
-from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 
 from lightning_metanas.checkpoints import load_weights_only
+from lightning_metanas.commands import device_for
 from lightning_metanas.data import EpisodicDataModule
 from lightning_metanas.errors import SettingsError
 from lightning_metanas.module import MetaNASModule
@@ -44,6 +46,49 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 
 
 SearchCallback = Callable[[SearchConfig], Callback]
+
+
+@dataclass
+class WandbSettings:
+    """A Weights & Biases run beside the run's own logger (``--wandb.*``).
+
+    Args:
+        project: the W&B project.
+        offline: write the run locally (no account, no network, no prompt); ``wandb sync``
+            uploads it later.
+        entity: the W&B team or user (``None``: the account's default).
+    """
+
+    project: str = "lightning_metanas"
+    offline: bool = True
+    entity: Optional[str] = None
+
+
+def extra_loggers(first: Logger, wandb: Optional[WandbSettings], tensorboard: bool) -> list[Logger]:
+    """Loggers added beside ``first`` (the config's): TensorBoard event files in the same run
+    folder, and a W&B run named after it, so adding a tracker never renames or moves the run."""
+    added: list[Logger] = []
+    name, version = str(first.name or "metanas"), first.version
+    save_dir = first.save_dir or "runs"
+    if tensorboard:
+        added.append(TensorBoardLogger(save_dir, name=name, version=version, default_hp_metric=False))
+    if wandb is not None:
+        run_name = f"{name}/{version if isinstance(version, str) else f'version_{version}'}"
+        added.append(QuietWandbLogger(name=run_name, project=wandb.project, entity=wandb.entity, save_dir=save_dir,
+                                      offline=wandb.offline, log_model=False))
+    return added
+
+
+class QuietWandbLogger(WandbLogger):
+    """Lightning's WandbLogger without the two notes wandb prints about settings this project
+    never uses: ``anonymous`` (Lightning always passes it, as None) and git (a run folder need
+    not be a repository)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        import wandb
+
+        super().__init__(settings=wandb.Settings(disable_git=True, silent=True), **kwargs)
+        self._wandb_init.pop("anonymous", None)
 
 
 class MetaNASCLI(LightningCLI):
@@ -70,11 +115,30 @@ class MetaNASCLI(LightningCLI):
             reject_retired_search_settings(sys.argv[1:] if args is None else args)
         super().parse_arguments(parser, args)
 
+    def before_instantiate_classes(self) -> None:
+        """One seed suffices: the model's, the data's and the search's seeds left unset take
+        ``--seed_everything``'s value (resolved by Lightning, also when it is random); a GPU
+        asked for where there is none stops here, in one line."""
+        config, seed = self.config, self.config.get("seed_everything")
+        seed = 0 if seed in (None, False) else int(seed)
+        for key in ("model.seed", "data.seed", "search.seed"):
+            if key.startswith("search") and config.get("search") is None:
+                continue
+            if config.get(key) is None:
+                config[key] = seed
+        accelerator = config.get("trainer.accelerator")
+        if isinstance(accelerator, str):
+            device_for(accelerator)
+
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
-        search = self._get(self.config_init, "search", default=None)
+        wandb, tensorboard = self.config_init.get("wandb"), bool(self.config_init.get("tensorboard"))
+        logger = self.config_init.get("trainer", {}).get("logger")
+        if (wandb is not None or tensorboard) and isinstance(logger, Logger):
+            kwargs["logger"] = [logger, *extra_loggers(logger, wandb, tensorboard)]
+        search = self.config_init.get("search")
         if search is not None and self.search_callback is not None:
             # first: its generation ends each epoch before any other callback sees the epoch end
-            given = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+            given = self.config_init.get("trainer", {}).get("callbacks") or []
             given = given if isinstance(given, list) else [given]
             kwargs["callbacks"] = [self.search_callback(search), *given]
         return super().instantiate_trainer(**kwargs)
@@ -100,6 +164,15 @@ class MetaNASCLI(LightningCLI):
                      "off unless given: any --search.<field> or a search: section turns it on, "
                      "--search=null turns a config's search off. --search.help lists the fields.",
             )
+        parser.add_argument(
+            "--wandb", type=Optional[WandbSettings], default=None,
+            help="Also log to Weights & Biases (offline by default), beside --trainer.logger, under the "
+                 "run's own name: --wandb.project=..., or a wandb: section (configs/wandb.yaml).",
+        )
+        parser.add_argument(
+            "--tensorboard", type=bool, default=False,
+            help="Also write TensorBoard event files into the run's folder (pip install 'lightning-metanas[tensorboard]').",
+        )
         parser.add_argument(
             "--test",
             type=bool,

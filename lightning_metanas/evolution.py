@@ -55,7 +55,8 @@ class EvolutionConfig:
             predictor) or ``random`` (fresh uniform samples, no predictor: the random-search
             baseline with the same scoring, selection and budget).
         predictor: the performance predictor's settings.
-        seed: seed of the search's own random choices (the same on every DDP rank).
+        seed: seed of the search's own random choices (the same on every DDP rank); ``None``:
+            ``--seed_everything``'s (train.py), 0 when built directly.
     """
 
     population_size: int = 8
@@ -69,7 +70,7 @@ class EvolutionConfig:
     generations: Optional[int] = 8
     strategy: Literal["evolution", "random"] = "evolution"
     predictor: PredictorConfig = field(default_factory=lambda: PredictorConfig(min_archive=16))
-    seed: int = 0
+    seed: Optional[int] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.predictor, dict):  # from a checkpoint
@@ -164,7 +165,7 @@ class EvolutionarySearch:
                  fits: Optional[Callable[[Architecture], bool]] = None) -> None:
         self.space, self.config = space, config
         self.fits = fits or (lambda arch: True)
-        seed = config.seed if seed is None else seed
+        seed = (config.seed or 0) if seed is None else seed
         self.rng = seeding.rng(seed, "evolution")
         self.population: list[Member] = []  # oldest first
         self.archive: dict[Architecture, float] = {}  # every architecture scored, latest score

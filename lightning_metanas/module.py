@@ -42,7 +42,8 @@ class MetaNASModule(pl.LightningModule):
             to an architecture JSON file, or ``reference`` for Conv-4 (the MAML baseline).
         eval_arch: architecture JSON that validation and test evaluate; by default the
             sampler's best (Conv-4 before any search).
-        seed: seed of the per-task architecture sampling (offset by the DDP rank).
+        seed: seed of the per-task architecture sampling (offset by the DDP rank); ``None``:
+            ``--seed_everything``'s (train.py), 0 when built directly.
         sampling: how a meta-batch's architectures are drawn from the space when no single
             architecture is trained: ``uniform``, ``fair`` or ``sandwich`` (see
             ``lightning_metanas.samplers``); the search's share of draws from the space uses
@@ -63,7 +64,7 @@ class MetaNASModule(pl.LightningModule):
         meta: MetaConfig = MetaConfig(),
         train_arch: Optional[str] = None,
         eval_arch: Optional[str] = None,
-        seed: int = 0,
+        seed: Optional[int] = None,
         sampling: SamplingRule = "uniform",
         tasks_per_arch: int = 1,
     ) -> None:
@@ -84,7 +85,7 @@ class MetaNASModule(pl.LightningModule):
                 "meta": dataclasses.asdict(meta),
                 "train_arch": train_arch,
                 "eval_arch": eval_arch,
-                "seed": seed,
+                "seed": 0 if seed is None else seed,
                 "sampling": sampling,
                 "tasks_per_arch": tasks_per_arch,
             }

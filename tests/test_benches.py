@@ -86,7 +86,7 @@ def test_results_bench_commands_come_from_the_config_headers(setting):
     assert conv4[:2] == ["--config", f"configs/results/omniglot_{setting}.yaml"] == search[:2]
     assert "--model.train_arch=reference" in conv4 and "--model.train_arch=reference" not in search
     assert not any("logger.init_args.name" in f for f in conv4 + search)
-    assert results.seed_flags(2, False) == ["--seed_everything=2", "--model.seed=2", "--data.seed=2"]
+    assert results.seed_flags(2) == ["--seed_everything=2"]
 
 
 def test_results_table_gives_mean_and_sd_over_seeds_and_marks_figures_not_rerun(tmp_path, capsys):

@@ -317,7 +317,8 @@ class EpisodicDataModule(pl.LightningDataModule):
             convention (Omniglot, synthetic: yes; image datasets: no).
         split_seed: seed of the class split where the files do not give one (and of the
             synthetic images); keep it fixed to compare runs.
-        seed: seed of the task sampling; training tasks also vary with epoch and DDP rank.
+        seed: seed of the task sampling; training tasks also vary with epoch and DDP rank;
+            ``None``: ``--seed_everything``'s (train.py), 0 when built directly.
         num_workers: DataLoader worker processes (0 = sample in the main process).
     """
 
@@ -340,7 +341,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         invert: Optional[bool] = None,
         rotations: Optional[bool] = None,
         split_seed: int = 0,
-        seed: int = 0,
+        seed: Optional[int] = None,
         num_workers: int = 0,
     ) -> None:
         super().__init__()
@@ -362,7 +363,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         self.normalize = self.spec.normalize if normalize is None else normalize
         self.invert = self.spec.invert if invert is None else invert
         self.rotations = self.spec.rotations if rotations is None else rotations
-        self.split_seed, self.seed = split_seed, seed
+        self.split_seed, self.seed = split_seed, 0 if seed is None else seed
         self.num_workers = num_workers
         self._validate()
         self._data: Optional[LabelledImages] = None
