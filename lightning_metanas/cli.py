@@ -48,6 +48,40 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 SearchCallback = Callable[[SearchConfig], Callback]
 
 
+# A SuperNet step uses only the sampled subnets' parameters; plain DDP then waits for gradients
+# of the others that never come (it hangs after "Grad strides do not match"). These are the
+# same strategies with unused parameters allowed.
+_SUBNET_DDP = {"ddp": "ddp_find_unused_parameters_true", "ddp_spawn": "ddp_spawn_find_unused_parameters_true",
+               "ddp_fork": "ddp_fork_find_unused_parameters_true",
+               "ddp_notebook": "ddp_notebook_find_unused_parameters_true"}
+
+
+def subnet_ddp_strategy(strategy: Any, devices: Any, num_nodes: Any) -> Optional[str]:
+    """The strategy a SuperNet needs in place of ``strategy`` (``None``: keep it): plain DDP
+    spellings, and ``auto`` on more than one device or node, become DDP with unused parameters
+    allowed."""
+    if not isinstance(strategy, str):
+        return None  # a Strategy object: the user's own choice
+    many = (isinstance(num_nodes, int) and num_nodes > 1) or _device_count(devices) > 1
+    if strategy == "auto":
+        return _SUBNET_DDP["ddp"] if many else None
+    return _SUBNET_DDP.get(strategy)
+
+
+def _device_count(devices: Any) -> int:
+    """How many devices ``--trainer.devices`` names (``auto``: 1; ``-1``: 2, i.e. possibly several)."""
+    if isinstance(devices, (list, tuple)):
+        return len(devices)
+    text = str(devices).strip()
+    if text in ("auto", ""):
+        return 1
+    if text == "-1":
+        return 2
+    if "," in text:
+        return len([d for d in text.split(",") if d.strip()])
+    return int(text) if text.lstrip("-").isdigit() else 1
+
+
 @dataclass
 class WandbSettings:
     """A Weights & Biases run beside the run's own logger (``--wandb.*``).
@@ -129,6 +163,10 @@ class MetaNASCLI(LightningCLI):
         accelerator = config.get("trainer.accelerator")
         if isinstance(accelerator, str):
             device_for(accelerator)
+        strategy = subnet_ddp_strategy(config.get("trainer.strategy"), config.get("trainer.devices"),
+                                       config.get("trainer.num_nodes"))
+        if strategy is not None:
+            config["trainer.strategy"] = strategy
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         wandb, tensorboard = self.config_init.get("wandb"), bool(self.config_init.get("tensorboard"))

@@ -155,7 +155,7 @@ class MetaNASModule(pl.LightningModule):
         )
         loss = result.losses.mean()
         surrogate = sum(
-            ((p * (g / batch_size)).sum() for p, g in result.grads.items()), loss.new_zeros(())
+            ((p * _standard_strides(g / batch_size)).sum() for p, g in result.grads.items()), loss.new_zeros(())
         )
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
         self.log("train/acc", result.accuracies.mean(), prog_bar=True, batch_size=batch_size)
@@ -211,3 +211,12 @@ class MetaNASModule(pl.LightningModule):
             self.sampler = UniformSampler(
                 self.space, best=Architecture.from_dict(checkpoint["evaluated_arch"]), rule=self.sampling
             )
+
+
+def _standard_strides(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with the strides of a freshly made tensor of its shape: a gradient computed from
+    channels-last maps has other strides (also where a dimension is 1, which ``contiguous``
+    leaves), and DDP's gradient buckets warn about every such parameter."""
+    fresh = t.new_empty(t.shape)
+    return t if t.stride() == fresh.stride() else fresh.copy_(t)
+

@@ -701,3 +701,168 @@ def test_bad_image_dataset_fails_with_one_line_and_writes_nothing(tmp_path, caps
     _error_line(err, needles)
     assert _snapshot(root) == before  # no cache, no temporary file, nothing touched
     no_run_started(tmp_path / "runs")
+
+
+# ---------------------------------------------------------------------------------------
+# what a user sees and hits (issue 21): multi-process runs, logs, terminal, bad inputs
+# ---------------------------------------------------------------------------------------
+QUICK_SEARCH = [*SEARCH[:2], *SYNTHETIC, "--trainer.max_epochs=2", "--search.generations=2",
+                "--search.population_size=4", "--search.offspring=2", "--search.pool_size=4",
+                "--search.tournament_size=2", "--search.tasks_per_score=3", "--search.score_queries=2"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", [["--trainer.strategy=ddp"], []], ids=["strategy_ddp", "devices_only"])
+def test_plain_ddp_spellings_run_a_search_to_the_end_on_two_cpu_processes(tmp_path, strategy):
+    """``--trainer.strategy=ddp`` (and ``--trainer.devices=2`` alone) used to hang: the SuperNet
+    leaves parameters unused, so the CLI picks DDP with unused parameters allowed."""
+    proc = run("train.py", *QUICK_SEARCH, *logs(tmp_path, "ddp"), "--trainer.accelerator=cpu",
+               "--trainer.devices=2", *strategy)
+    assert "meta-test:" in proc.stdout and "Grad strides" not in proc.stderr
+    assert [line.split(":")[1].strip() for line in proc.stdout.splitlines() if line.startswith("search: generation")] \
+        == ["generation 1/2", "generation 2/2"]
+    best = json.loads((tmp_path / "ddp" / "version_0" / "checkpoints" / "best_arch.json").read_text())
+    assert best["ops"]
+
+
+@pytest.mark.slow
+def test_each_generation_is_its_own_step_in_csv_and_tensorboard_and_stdout_has_lines(tmp_path):
+    """All generations at one epoch's end: one CSV row each (not one averaged row), TensorBoard
+    scalars with the generation as step, and, stdout not being a terminal, a line per
+    generation and per epoch."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    proc = run("train.py", *QUICK_SEARCH, *logs(tmp_path, "logs"), "--search.generations=3",
+               "--search.warmup_epochs=0", "--tensorboard=true")
+    run_dir = tmp_path / "logs" / "version_0"
+    with open(run_dir / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("search/generation")]
+    assert [float(r["search/generation"]) for r in rows] == [0.0, 1.0, 2.0]
+    assert {r["epoch"] for r in rows} == {"0.0"}  # all three at the end of the first epoch
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0}).Reload()
+    assert [e.step for e in events.Scalars("search/best_score")] == [0, 1, 2]
+    assert "search/search_curve" in events.Tags()["images"]
+    lines = proc.stdout.splitlines()
+    assert sum(line.startswith("search: generation") for line in lines) == 3
+    assert [line.split(" (")[0] for line in lines if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
+    assert "[]" not in proc.stdout and "LeafSpec" not in proc.stderr and "Tip:" not in proc.stdout + proc.stderr
+    assert (tmp_path / "logs" / "version_0" / "report.html").is_file()  # the run kept its name and folder
+
+
+def test_dangling_and_self_referencing_symlinks_are_named_in_one_line(tmp_path):
+    from lightning_metanas.data import DataError, load_image_folder
+    from tests.helpers import write_shapes
+
+    dangling = write_shapes(tmp_path / "dangling", per_class=3)
+    (dangling / "disc" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    looped = write_shapes(tmp_path / "looped", per_class=3)
+    (looped / "disc" / "self.png").symlink_to(looped / "disc" / "self.png")
+    for root, name, why in ((dangling, "gone.png", "a symbolic link to nothing readable"),
+                            (looped, "self.png", "a symbolic link that cannot be followed")):
+        with pytest.raises(DataError, match=f"image {root / 'disc' / name} is {why}") as err:
+            load_image_folder(root, image_size=14)
+        assert "\n" not in str(err.value)
+
+
+def _folder_listing(tmp_path):
+    from lightning_metanas.data.folder import image_folder_listing
+    from tests.helpers import write_shapes
+
+    return image_folder_listing(write_shapes(tmp_path / "shapes", per_class=40))
+
+
+def test_a_cache_that_cannot_be_written_decodes_in_memory_and_leaves_nothing(tmp_path):
+    """Disk full (here: a file-size limit, EFBIG): one warning, the images decoded in memory,
+    no half-written file."""
+    script = (
+        "import resource, sys, warnings; sys.path.insert(0, sys.argv[1])\n"
+        "from lightning_metanas.data.folder import image_folder_listing\n"
+        "from lightning_metanas.data.images import decode_images\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    warnings.simplefilter('always')\n"
+        "    store = decode_images(image_folder_listing(sys.argv[2]), 'folder', 28, cache_dir=sys.argv[3])\n"
+        "print(len(store), store.path, [str(w.message) for w in seen])\n"
+    )
+    from tests.helpers import write_shapes
+
+    folder = write_shapes(tmp_path / "shapes", per_class=40)
+    cache = tmp_path / "cache"
+    proc = subprocess.run([sys.executable, "-c", script, str(ROOT), str(folder), str(cache)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stdout.startswith("160 None ") and "cannot write the image cache" in proc.stdout
+    assert "File too large" in proc.stdout and list(cache.iterdir()) == []
+
+
+def test_abandoned_half_written_caches_are_swept_before_the_next_decode(tmp_path):
+    from lightning_metanas.data.images import decode_images
+
+    listing = _folder_listing(tmp_path)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    abandoned = cache / f".folder-28px-auto-{listing.fingerprint[:16]}.u8.{int(dead.stdout)}.tmp"
+    abandoned.write_bytes(b"\0" * 100_000)  # a run killed late in its decode
+    store = decode_images(listing, "folder", 28, cache_dir=cache)
+    assert len(store) == 160 and not abandoned.exists()
+    assert [p.name for p in cache.iterdir()] == [store.path.name]
+
+
+def test_a_cache_with_damaged_pixels_is_detected_and_rebuilt(tmp_path):
+    from lightning_metanas.data.images import decode_images
+
+    listing = _folder_listing(tmp_path)
+    cache = tmp_path / "cache"
+    first = decode_images(listing, "folder", 28, cache_dir=cache)
+    good = first.uint8(0, len(first)).copy()
+    with open(first.path, "r+b") as f:  # zero a block of pixels, header intact
+        f.seek(first.offset + 50 * 28 * 28)
+        f.write(b"\0" * (20 * 28 * 28))
+    with pytest.warns(UserWarning, match="is damaged .*class 1 do not add up.*rebuilding it"):
+        again = decode_images(listing, "folder", 28, cache_dir=cache)
+    assert np.array_equal(again.uint8(0, len(again)), good)
+
+
+@pytest.mark.parametrize("steps", ["-1", "0"])
+def test_eval_refuses_adaptation_steps_below_one(small_checkpoint, steps):
+    line = eval_in_process("--ckpt_path", str(small_checkpoint), "--model.meta.eval_inner_steps", steps)
+    assert line == f"error: --model.meta.eval_inner_steps must be an integer >= 1, got {steps}"
+
+
+def test_a_gpu_asked_for_where_there_is_none_is_one_line(tmp_path, capsys, small_checkpoint):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    err = train_in_process(capsys, *SYNTHETIC, *logs(tmp_path, "gpu"), "--trainer.accelerator=gpu")
+    assert _error_line(err, ["--trainer.accelerator=gpu: no CUDA GPU was found on this machine",
+                             "use --trainer.accelerator=cpu"])
+    line = eval_in_process("--ckpt_path", str(small_checkpoint), "--trainer.accelerator", "gpu")
+    assert "no CUDA GPU was found" in line
+    no_run_started(tmp_path)
+
+
+def test_a_warmup_that_outlasts_the_run_is_refused_before_training(tmp_path, capsys):
+    err = train_in_process(capsys, *QUICK_SEARCH, *logs(tmp_path, "warm"), "--trainer.max_epochs=3",
+                           "--search.warmup_epochs=3")
+    assert _error_line(err, ["search.warmup_epochs=3 leaves no epoch for the search in a run of 3 epochs"])
+    no_run_started(tmp_path)
+
+
+def test_old_flag_spellings_name_the_new_ones(small_checkpoint):
+    for old, new in (("--root", "--data.root"), ("--arch", "--model.eval_arch"), ("--seed", "--data.seed"),
+                     ("--eval_inner_steps", "--model.meta.eval_inner_steps")):
+        line = eval_in_process("--ckpt_path", str(small_checkpoint), old, "x")
+        assert line.startswith(f"error: {old} is now {new}"), line
+
+
+def test_one_seed_flag_sets_the_models_the_datas_and_the_searchs(tmp_path):
+    run("train.py", *QUICK_SEARCH, *logs(tmp_path, "seed"), "--seed_everything=7", "--trainer.max_epochs=1",
+        "--search.warmup_epochs=0", "--search.generations=1", "--test=false")
+    config = yaml_load(tmp_path / "seed" / "version_0" / "config.yaml")
+    assert (config["model"]["seed"], config["data"]["seed"], config["search"]["seed"]) == (7, 7, 7)
+
+
+def yaml_load(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())

@@ -48,6 +48,15 @@ def _not_an_image(path: Path, where: str) -> DataError:
     )
 
 
+def _is_dir(entry: os.DirEntry) -> bool:
+    """``entry.is_dir()``, with a link that cannot be followed (to itself, in a loop) named."""
+    try:
+        return entry.is_dir()
+    except OSError as err:
+        raise DataError(f"image {entry.path} is a symbolic link that cannot be followed ({err.strerror}); "
+                        "remove or replace it") from None
+
+
 def list_image_folder(root: PathLike, min_images: int = 2) -> list[tuple[str, list[Path]]]:
     """``(class name, image files)`` per class folder of ``root/<class>/<image>``, both sorted
     by name; raises ``DataError`` for anything that does not fit the layout, and for a class
@@ -58,7 +67,7 @@ def list_image_folder(root: PathLike, min_images: int = 2) -> list[tuple[str, li
     if not root.is_dir():
         raise DataError(f"image folder {root} is a file, not a folder")
     entries = sorted((e for e in os.scandir(root) if not e.name.startswith(".")), key=lambda e: e.name)
-    class_dirs = [Path(e.path) for e in entries if e.is_dir()]
+    class_dirs = [Path(e.path) for e in entries if _is_dir(e)]
     if not class_dirs:
         loose = [e for e in entries if Path(e.name).suffix.lower() in IMAGE_SUFFIXES]
         hint = f" (it holds {len(loose)} images directly: put each class in its own folder)" if loose else ""
@@ -70,7 +79,7 @@ def list_image_folder(root: PathLike, min_images: int = 2) -> list[tuple[str, li
     for class_dir in class_dirs:
         files = sorted((e for e in os.scandir(class_dir) if not e.name.startswith(".")), key=lambda e: e.name)
         for entry in files:
-            if entry.is_dir():
+            if _is_dir(entry):
                 raise DataError(
                     f"{entry.path} is a folder inside class folder {class_dir.name!r}; expected "
                     "the layout root/<class>/<image> (one level of class folders)"

@@ -27,6 +27,7 @@ concurrent runs and by every DDP rank. The first process to need a cache builds 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -122,7 +123,11 @@ def fingerprint_files(paths: Sequence[Path], root: Path, extra: bytes = b"") -> 
     adding, removing or touching an image changes it."""
     digest = hashlib.sha256(extra)
     for path in paths:
-        stat = path.stat()
+        try:
+            stat = path.stat()
+        except OSError as err:  # a dangling symbolic link, a link to itself, a vanished file
+            kind = "a symbolic link to nothing readable" if path.is_symlink() else "unreadable"
+            raise DataError(f"image {path} is {kind} ({err.strerror}); remove or replace it") from None
         digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
@@ -379,6 +384,7 @@ def decode_images(
             fcntl.flock(lock, fcntl.LOCK_EX)  # one process decodes; the others wait, then read
         store = _open_cache(path, expected)
         if store is None:
+            _remove_abandoned(directory)
             store = _build_cache(path, listing, key, image_size, channels, invert, expected)
     except BaseException:
         if created:
@@ -444,10 +450,15 @@ def _build_cache(
         os.pwrite(fd, _MAGIC + len(blob).to_bytes(8, "little") + blob, 0)
         os.ftruncate(fd, data_offset + total * (per_image[0] or 0))
         os.fsync(fd)
-    except BaseException:
+    except BaseException as err:
         os.close(fd)
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            warnings.warn(f"cannot write the image cache {path} ({err.strerror}); nothing of it was kept, "
+                          "decoding into memory for this run only: free space or set --data.cache_dir "
+                          "to a folder with room")
+            return _decode_in_memory(listing, image_size, channels, invert)
         raise
     os.close(fd)
     os.replace(tmp, path)
@@ -461,6 +472,29 @@ def _build_cache(
     store = _open_cache(path, expected)
     assert store is not None
     return store
+
+
+def _remove_abandoned(directory: Path) -> None:
+    """Delete the half-written caches of processes that died while decoding (killed, out of
+    time): ``.<name>.<pid>.tmp``, up to a whole cache's size each. Called under the folder's
+    lock, which every decoding process holds, so no live writer's file is touched; a pid still
+    running (a file system without locks) is left alone too."""
+    for tmp in directory.glob(f".*{_CACHE_SUFFIX}.*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and int(pid) != os.getpid() and _running(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _remove_stale(path: Path, key: str, listing: Listing, expected: dict[str, Any]) -> None:
@@ -522,5 +556,26 @@ def _open_cache(path: Path, expected: dict[str, Any]) -> Optional[ImageStore]:
     if size != offset + shape[0] * c * s * s:
         warnings.warn(f"ignoring truncated image cache {path}; rebuilding it")
         return None
-    return ImageStore(shape, header["class_sizes"], header["class_sums"],
-                      header["class_squares"], path=path, offset=offset)
+    store = ImageStore(shape, header["class_sizes"], header["class_sums"],
+                       header["class_squares"], path=path, offset=offset)
+    damaged = _damaged_class(store)
+    if damaged is not None:
+        warnings.warn(f"image cache {path} is damaged (the pixels of class {damaged} do not add up to the "
+                      "sums recorded when it was decoded); rebuilding it")
+        return None
+    return store
+
+
+def _damaged_class(store: ImageStore, chunk: int = 4096) -> Optional[int]:
+    """The first class whose pixel sums differ from the header's (a cache damaged after it was
+    written: zeroed blocks, bit rot), or None. Reads the whole file once: ~1 s per GB here
+    (BENCHMARKS.md), paid by every process that opens the cache."""
+    sizes = store.class_sizes
+    label_of = np.repeat(np.arange(len(sizes)), sizes)
+    sums = np.zeros((len(sizes), store.channels), dtype=np.int64)
+    for start in range(0, len(store), chunk):
+        block = store.uint8(start, min(start + chunk, len(store)))
+        np.add.at(sums, label_of[start : start + len(block)], block.reshape(len(block), store.channels, -1).sum(axis=2, dtype=np.int64))
+    recorded = np.asarray(store.class_sums, dtype=np.int64).reshape(sums.shape)
+    bad = np.flatnonzero((sums != recorded).any(axis=1))
+    return int(bad[0]) if bad.size else None
