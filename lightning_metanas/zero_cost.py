@@ -3,12 +3,12 @@
 A rule ranks architectures by a number computed without training: their size (parameters,
 FLOPs), their depth then size, or a training-free proxy computed on a few tasks at
 initialisation (``naswot``, Mellor et al. 2021: how differently a network's ReLUs fire across
-a batch's images). Size rules rank the *whole* space in seconds (``costs.SpaceCosts``), so
+a task's images). Size rules rank the *whole* space in seconds (``costs.SpaceCosts``), so
 "the rule's best architecture within a budget" is exact, not a sample: ``best_in_budget``.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -51,13 +51,33 @@ def best_in_budget(rule: str, table: SpaceCosts, costs: CostModel,
 
 
 @torch.no_grad()
-def naswot_score(forward_features: Callable[[torch.Tensor], list[torch.Tensor]], images: torch.Tensor) -> float:
-    """NASWOT (Mellor et al. 2021): ``log|K|`` of the kernel ``K = N_A - d_H`` of the
-    images' binary ReLU codes (``N_A``: number of units; ``d_H``: Hamming distance between two
-    images' codes). A network whose units separate the images well scores high.
-    ``forward_features`` returns the pre-activation maps whose signs make the code."""
-    maps = forward_features(images)
-    codes = torch.cat([(m > 0).flatten(1).float() for m in maps], dim=1)
-    k = codes @ codes.t() + (1 - codes) @ (1 - codes).t()
-    sign, logdet = torch.linalg.slogdet(k.double())
-    return float(logdet) if float(sign) > 0 else float("-inf")
+def naswot(arch: Architecture, tasks: Sequence[torch.Tensor], ways: int, seed: int = 0) -> float:
+    """NASWOT (Mellor et al. 2021) of ``arch`` at initialisation: per batch of images in
+    ``tasks`` (e.g. each few-shot task's support and query images), ``log|K|`` of the kernel
+    ``K[i, j] = N_A - d_H(c_i, c_j)`` of the images' binary ReLU codes ``c`` (``N_A`` units,
+    ``d_H`` the Hamming distance), averaged over the batches. A network whose units already
+    tell the images apart scores high. The network is a ``StandaloneNet`` initialised from
+    ``seed``, BatchNorm on each batch's statistics (as the SuperNet's ops normalise)."""
+    from lightning_metanas import seeding
+    from lightning_metanas.standalone import StandaloneNet
+
+    images = tasks[0]
+    with seeding.torch_seeded(seed, "naswot", str(arch)):
+        net = StandaloneNet(arch, images.shape[1], images.shape[-1], ways)
+        for layer in net.layers:  # the SuperNet's initialisation (xavier), not PyTorch's default
+            for module in layer.transform.modules():
+                if isinstance(module, torch.nn.Conv2d):
+                    torch.nn.init.xavier_uniform_(module.weight)
+    net.train()
+    scores = []
+    for batch in tasks:
+        codes, x = [], batch
+        for layer in net.layers:
+            pre = layer.norm(layer.transform(x))
+            codes.append((pre > 0).flatten(1).double())
+            x = layer.pool(torch.relu(pre))
+        c = torch.cat(codes, dim=1)
+        kernel = c @ c.t() + (1 - c) @ (1 - c).t()
+        sign, logdet = torch.linalg.slogdet(kernel)
+        scores.append(float(logdet) if float(sign) > 0 else float("-inf"))
+    return sum(scores) / len(scores)
