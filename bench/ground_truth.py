@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 from bench.common import cpu_model, git_commit, load, run_train, save, shown  # noqa: E402
 from lightning_metanas.costs import Budget, CostModel, SpaceCosts  # noqa: E402
 from lightning_metanas.latency import LayerLatencyModel, latency_ms  # noqa: E402
-from lightning_metanas.search_space import Architecture, SearchSpace  # noqa: E402
+from lightning_metanas.search_space import Architecture, ArchitectureError, SearchSpace  # noqa: E402
 from lightning_metanas.supernet import SuperNet  # noqa: E402
 from lightning_metanas.zero_cost import SIZE_RULES, best_in_budget  # noqa: E402
 
@@ -186,6 +186,10 @@ def select(args: argparse.Namespace, space: SearchSpace) -> dict:
     seen = {a for _, a in chosen}
     for entry in load(V1):
         arch = Architecture.of(entry["arch"])
+        try:
+            space.validate(arch)
+        except ArchitectureError:
+            continue  # a pick of a space other than this one
         if entry.get("group") == "extra" and arch not in seen:
             chosen.append(("pick", arch))
             seen.add(arch)
@@ -230,6 +234,9 @@ def select(args: argparse.Namespace, space: SearchSpace) -> dict:
         depths = list(space.depths)
         k = 0
         while members() < args.per_budget:
+            if k >= 50 * args.per_budget:  # a budget that (nearly) nothing meets: say so, go on
+                print(f"  {name}: {members()} architectures found within it, fewer than {args.per_budget}", flush=True)
+                break
             depth = depths[k % len(depths)]
             k += 1
             pool = np.flatnonzero(mask & (table.depth == depth))
@@ -267,7 +274,8 @@ def evaluate(checkpoint: str, work: Path, split: str, tasks: int, task_seed: int
     same tasks for every architecture and training seed), under both normalisations."""
     out = work / f"{split}.json"
     command = [sys.executable, str(ROOT / "eval.py"), "--ckpt_path", checkpoint, "--split", split,
-               "--tasks", str(tasks), "--seed", str(task_seed), "--norm", "transductive", "--out", str(out)]
+               f"--data.{split}_tasks", str(tasks), "--data.seed", str(task_seed), "--model.meta.norm", "transductive",
+               "--out", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     with open(work / f"eval_{split}.log", "w") as log:
         rc = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode

@@ -86,6 +86,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--runs", default=str(ROOT / "runs/ranking_v2"))
     parser.add_argument("--redraws", type=int, default=2)
     parser.add_argument("--train_only", action="store_true")
+    parser.add_argument("--ckpt_path", default=None, help="score this SuperNet checkpoint instead of training one")
     args = parser.parse_args(argv)
     unknown = [t for t in args.training if t not in TRAININGS]
     if unknown:
@@ -94,7 +95,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     entries = listed["architectures"] if isinstance(listed, dict) else listed
     archs = list(dict.fromkeys(Architecture.of(e["arch"]) for e in entries))
     for training in args.training:
-        ckpt, record = supernet(training, Path(args.runs))
+        if args.ckpt_path:
+            ckpt, record = Path(args.ckpt_path), {"command": f"(given checkpoint {args.ckpt_path})"}
+        else:
+            ckpt, record = supernet(training, Path(args.runs))
         if args.train_only:
             continue
         out = Path(args.out_dir) / f"omniglot_5w1s_{training}_scores.json"

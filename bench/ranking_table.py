@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 from pathlib import Path
@@ -158,7 +159,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                            "best_rule": best_rule, "rule_tau": kendall_tau(sub_rules[best_rule], truth),
                                            "difference": diff, "low": low, "high": high}
     result |= {"architectures": len(entries), "seeds": args.min_seeds, "priors": list(PRIORS),
-               "ground_truth": str(Path(args.ground_truth).relative_to(ROOT)),
+               "ground_truth": os.path.relpath(args.ground_truth, ROOT),
                "command": "python bench/ranking_table.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     save(Path(args.out), result)
     print(markdown(result))

@@ -190,7 +190,7 @@ class EvolutionCallback(Callback):
         generation as their step, W&B metrics plotted against ``search/generation``."""
         metrics = {f"search/{k}": float(v) for k, v in record.to_dict().items() if k != "best_arch" and v is not None}
         metrics["search/archive_size"] = float(len(self.search.archive))
-        metrics["epoch"] = float(trainer.current_epoch)
+        metrics["epoch"] = trainer.current_epoch  # an integer, as Lightning logs it
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):  # the generation is the step: no epoch scalar
                 logger.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=record.generation)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench import ground_truth, results
-from lightning_metanas.search_space import Architecture, SearchSpace
+from lightning_metanas.search_space import SearchSpace
 from tests.test_train import SYNTHETIC, logs, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,11 +20,11 @@ TINY = [a for a in SYNTHETIC if not a.startswith("--model.search_space")] + [
 ]
 
 
-def test_ground_truth_set_is_stratified_seeded_and_holds_conv4_neighbours_and_picks():
+def test_version_one_set_is_stratified_seeded_and_holds_conv4_neighbours_and_picks():
     space = SearchSpace()
-    archs = ground_truth.architectures(space)
-    assert archs == ground_truth.architectures(space)  # seeded
-    assert len(archs) >= 24 and len({a for _, a in archs}) == len(archs)
+    archs = ground_truth.v1_architectures(space)
+    assert archs == ground_truth.v1_architectures(space)  # seeded
+    assert len(archs) == 35 and len({a for _, a in archs}) == len(archs)
     assert archs[0] == ("reference", space.reference())
     labels = {str(a) for _, a in archs}
     assert set(ground_truth.PICKED) <= labels
@@ -32,51 +32,104 @@ def test_ground_truth_set_is_stratified_seeded_and_holds_conv4_neighbours_and_pi
     assert used("ops") == set(space.ops) and used("widths") == set(space.widths)
     assert {a.depth for _, a in archs} == set(space.depths)
     reference = space.reference()
-    for _, arch in archs:
-        if _ == "neighbour":  # one edit: one gene changed, or one layer more or fewer
-            same_depth = arch.depth == reference.depth
-            diffs = sum(o != r for o, r in zip(arch.ops, reference.ops)) + sum(
-                w != r for w, r in zip(arch.widths, reference.widths))
-            assert (same_depth and diffs == 1) or (abs(arch.depth - reference.depth) == 1 and diffs == 0)
-    strat = [a for g, a in archs if g == "stratified"]
-    assert len(strat) == 4 * len(space.depths)
+    neighbours = [a for g, a in archs if g == "neighbour"]
+    assert len(neighbours) == 10 and len([a for g, a in archs if g == "extreme"]) == 3
+    for arch in neighbours:  # one edit: one gene changed, or one layer more or fewer
+        same_depth = arch.depth == reference.depth
+        diffs = sum(o != r for o, r in zip(arch.ops, reference.ops)) + sum(
+            w != r for w, r in zip(arch.widths, reference.widths))
+        assert (same_depth and diffs == 1) or (abs(arch.depth - reference.depth) == 1 and diffs == 0)
+    assert len([a for g, a in archs if g == "stratified"]) == 4 * len(space.depths)
 
 
-def test_ground_truth_bench_runs_resumes_and_ranking_scores_against_it(tmp_path):
-    out, runs = tmp_path / "gt.json", tmp_path / "runs"
-    common = ["--out", str(out), "--runs", str(runs), "--space", json.dumps(SMALL_SPACE), "--epochs", "1",
-              "--train_batches", "2", "--meta_batch_size", "2", "--ways", "3", "--image_size", "14"]
-    bench = [sys.executable, str(ROOT / "bench/ground_truth.py"), *common, "--lanes", "2"]
-    subprocess.run([*bench, "--limit", "2", "--", *TINY], check=True, capture_output=True)
+def test_committed_version_two_set_holds_every_budget_and_its_rule_picks():
+    selection = json.loads((ROOT / "bench/ground_truth/omniglot_5w1s_v2_archs.json").read_text())
+    archs = selection["architectures"]
+    labels = [a["label"] for a in archs]
+    assert len(labels) == len(set(labels)) >= 56
+    v1 = {str(a) for _, a in ground_truth.v1_architectures(SearchSpace())}
+    assert v1 <= set(labels)
+    for budget in ground_truth.BUDGETS:
+        assert sum(budget in a["budgets"] for a in archs) >= 12, budget
+    for key, label in selection["rule_picks"].items():
+        budget = key.split(":")[0]
+        if label is not None:
+            entry = next(a for a in archs if a["label"] == label)
+            spec = ground_truth.BUDGETS[budget]
+            assert entry["params"] <= spec.get("max_params", 10**9) and entry["flops"] <= spec.get("max_flops", 10**12)
+
+
+def test_ground_truth_bench_selects_runs_two_seeds_resumes_and_ranking_scores_against_it(tmp_path):
+    out, runs, archs = tmp_path / "gt.json", tmp_path / "runs", tmp_path / "archs.json"
+    common = ["--out", str(out), "--runs", str(runs), "--archs", str(archs), "--space", json.dumps(SMALL_SPACE),
+              "--epochs", "1", "--train_batches", "2", "--meta_batch_size", "2", "--ways", "3", "--image_size", "14",
+              "--val_tasks", "4", "--test_tasks", "4", "--per_budget", "3"]
+    bench = [sys.executable, str(ROOT / "bench/ground_truth.py"), *common]
+    subprocess.run([*bench, "--select"], check=True, capture_output=True)
+    selection = json.loads(archs.read_text())
+    assert selection["architectures"][0]["group"] == "reference" and selection["conv4_latency_ms"] > 0
+    assert all({"label", "params", "flops", "latency_ms", "latency_vs_conv4", "budgets"} <= set(a)
+               for a in selection["architectures"])
+    subprocess.run([*bench, "--lanes", "2", "--limit", "2", "--", *TINY], check=True, capture_output=True)
     first = json.loads(out.read_text())
-    assert len(first) == 2
-    for entry in first:
-        assert set(entry) >= {"arch", "acc", "ci95", "params", "flops", "tasks", "seconds", "command", "commit"}
-        assert 0 <= entry["acc"] <= 1 and entry["tasks"] == 4 and entry["params"] > 0
-        assert "--model.train_arch=" in entry["command"]
-    # resumed: the two done are kept as they are, one more is added
+    assert len(first) == 1 and [r["seed"] for r in first[0]["runs"]] == [0, 1]  # both seeds of one architecture
+    entry = first[0]
+    assert set(entry) >= {"arch", "val_acc", "test_acc", "test_acc_inductive", "runs", "params", "flops",
+                          "latency_ms", "machine", "commit", "command"}
+    for run_ in entry["runs"]:
+        assert set(run_) >= {"seed", "val_acc", "test_acc", "test_acc_inductive", "ci95", "best_epoch", "seconds"}
+        assert 0 <= run_["test_acc_inductive"] <= 1 and run_["best_epoch"] == 0
+    assert entry["test_acc"] == pytest.approx(sum(r["test_acc"] for r in entry["runs"]) / 2)
+    assert "--model.train_arch=" in entry["command"] and "--seed_everything=0" in entry["command"]
+    # resumed: what is done is kept, the next run is added
     subprocess.run([*bench, "--limit", "1", "--", *TINY], check=True, capture_output=True)
     second = json.loads(out.read_text())
-    assert second[:2] == first and len(second) == 3
-    assert len({e["label"] for e in second}) == 3
+    assert second[0] == first[0] and len(second) == 2 and [r["seed"] for r in second[1]["runs"]] == [0]
 
-    # a SuperNet of the same space, scored on every ground-truth architecture
+    # a SuperNet of the same space scores every architecture of the set
     run("train.py", *TINY, *logs(tmp_path, "supernet"), "--trainer.max_epochs=1", "--test=false")
     ckpt = tmp_path / "supernet" / "version_0" / "checkpoints" / "last.ckpt"
-    subprocess.run([sys.executable, str(ROOT / "bench/ranking.py"), "--method", "uniform_t100q5",
-                    "--ckpt_path", str(ckpt), "--ground_truth", str(out), "--out_dir", str(tmp_path),
-                    "--redraws", "2", "--min_architectures", "3", "--search_seeds", "0", "--generations", "2"], check=True, capture_output=True)
-    ranking = json.loads((tmp_path / "omniglot_5w1s_uniform_t100q5.json").read_text())
-    assert ranking["architectures"] == 3 and ranking["score_tasks"] == 100 and ranking["score_queries"] == 5
-    assert {Architecture.from_dict(e["arch"]) for e in ranking["entries"]} == {
-        Architecture.from_dict(e["arch"]) for e in second}
-    assert all(len(e["redraw_scores"]) == 2 and e["supernet_score"] == e["redraw_scores"][0] for e in ranking["entries"])
-    assert -1 <= ranking["kendall_tau"] <= 1 and ranking["noise"]["score_sd_over_redraws"] >= 0
-    assert (tmp_path / "omniglot_5w1s_uniform_t100q5.png").stat().st_size > 1000
-    pick = ranking["search_picks"][0]
-    assert pick["seed"] == 0 and 0 <= pick["score"] <= 1 and pick["real_scorings"] >= 8
-    known = {e["label"]: e["acc"] for e in second}
-    assert pick["stand_alone_acc"] == known.get(pick["label"])
+    subprocess.run([sys.executable, str(ROOT / "bench/ranking.py"), "--training", "fair", "--ckpt_path", str(ckpt),
+                    "--archs", str(archs), "--out_dir", str(tmp_path), "--redraws", "2"], check=True, capture_output=True)
+    scores = json.loads((tmp_path / "omniglot_5w1s_fair_scores.json").read_text())
+    assert {e["label"] for e in scores["entries"]} == {a["label"] for a in selection["architectures"]}
+    assert all(len(e["accuracy"]) == 2 and 0 <= min(e["accuracy"]) <= max(e["accuracy"]) <= 1 for e in scores["entries"])
+
+
+def test_ranking_table_chooses_on_validation_and_bootstraps_the_difference(tmp_path, capsys):
+    """A made-up ground truth where validation and test disagree: the choice follows validation."""
+    import random
+
+    from bench import ranking_table
+
+    rng = random.Random(0)
+    space = SearchSpace()
+    archs = [space.sample(rng) for _ in range(24)]
+    from lightning_metanas.supernet import SuperNet
+
+    net = SuperNet(space, ways=5)
+    entries, good, bad = [], [], []
+    for i, arch in enumerate(archs):
+        val = 0.5 + 0.4 * i / 24
+        test = 0.9 - 0.4 * i / 24  # the reverse order
+        entries.append({"label": str(arch), "arch": arch.to_dict(), "params": net.num_parameters(arch),
+                        "flops": net.flops(arch, 28), "budgets": [], "val_acc": val, "test_acc": test,
+                        "test_acc_inductive": test, "runs": [{}, {}]})
+        good.append({"label": str(arch), "accuracy": [val, val]})  # ranks like validation
+        bad.append({"label": str(arch), "accuracy": [test, test]})  # ranks like test
+    (tmp_path / "gt.json").write_text(json.dumps(entries))
+    for name, rows in (("good", good), ("bad", bad)):
+        (tmp_path / f"omniglot_5w1s_{name}_scores.json").write_text(json.dumps({"training": name, "entries": rows}))
+    (tmp_path / "naswot.json").write_text(json.dumps({e["label"]: 0.0 for e in entries}))
+    assert ranking_table.main(["--ground_truth", str(tmp_path / "gt.json"), "--scores", str(tmp_path),
+                               "--out", str(tmp_path / "out.json"), "--draws", "200"]) == 0
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert result["chosen_method"].startswith("good + size prior")
+    assert result["rows"]["good + size prior 0"]["val_acc"]["kendall_tau"] == pytest.approx(1.0)
+    assert result["rows"]["good + size prior 0"]["test_acc"]["kendall_tau"] == pytest.approx(-1.0)
+    boot = result["bootstrap"]["val_acc"]
+    assert boot["low"] <= boot["difference"] <= boot["high"]
+    assert "chosen on the validation column" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("setting", results.SETTINGS)

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from lightning_metanas.search_space import Architecture
 from tests.test_train import ROOT, SEARCH, SYNTHETIC
@@ -68,12 +67,9 @@ def key(item) -> str:
 
 @pytest.mark.slow
 def test_offline_wandb_run_holds_population_curve_scatter_front_and_artifact(tmp_path):
-    # configs/wandb.yaml itself, with its save_dirs moved into tmp_path
-    config = yaml.safe_load((ROOT / "configs" / "wandb.yaml").read_text())
-    for logger in config["trainer"]["logger"]:
-        logger["init_args"]["save_dir"] = str(tmp_path)
-    (tmp_path / "wandb.yaml").write_text(yaml.safe_dump(config))
-    args = [*SEARCH, "--config", str(tmp_path / "wandb.yaml"), *SYNTHETIC, "--trainer.max_epochs=3",
+    # configs/wandb.yaml itself: a W&B run beside the run's own CSV logger, under its name
+    args = [*SEARCH, "--config", str(ROOT / "configs" / "wandb.yaml"), *SYNTHETIC, "--trainer.max_epochs=3",
+            f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.logger.init_args.name=metanas",
             # let the predictor steer from the second generation on, whatever its tau on 6 points
             "--search.predictor.min_tau=-1"]
     train(tmp_path, *args, wandb=True)
@@ -123,7 +119,7 @@ def test_offline_wandb_run_holds_population_curve_scatter_front_and_artifact(tmp
     (table,) = [p for p in files.glob("media/table/search/population_*.table.json")
                 if json.loads(p.read_text())["data"][0][0] == 2]
     table = json.loads(table.read_text())
-    assert table["columns"] == ["generation", "architecture", "score", "predicted", "params", "flops", "born"]
+    assert table["columns"] == ["generation", "architecture", "accuracy", "score", "predicted", "params", "flops", "born"]
     assert len(table["data"]) == 4
     scatter = [json.loads(p.read_text()) for p in files.glob("media/table/search/predicted_vs_measured_table_*.json")]
     assert scatter and scatter[0]["columns"] == ["architecture", "predicted", "measured"]

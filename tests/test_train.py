@@ -192,7 +192,7 @@ def _cli(*args):
 def test_search_group_switches_the_search_on_and_stands_first(tmp_path):
     from callbacks.evolution import EvolutionCallback
     from callbacks.tracking import SearchTrackingCallback
-    from lightning_metanas.evolution import EvolutionConfig
+    from lightning_metanas.search_config import SearchConfig
 
     plain = _cli(*SYNTHETIC, *logs(tmp_path, "plain"))
     assert plain.config.search is None
@@ -203,7 +203,8 @@ def test_search_group_switches_the_search_on_and_stands_first(tmp_path):
     flags = _cli(*SYNTHETIC, *logs(tmp_path, "flags"), *probe, "--search.strategy=random", "--search.generations=7")
     first = flags.trainer.callbacks[0]
     assert isinstance(first, EvolutionCallback)  # before the user's callbacks, whatever their order
-    assert first.config == EvolutionConfig(strategy="random", generations=7)
+    # the measured search's defaults with the one change asked for; its seed from --seed_everything
+    assert first.config == SearchConfig(strategy="random", generations=7, seed=0)
     config = _cli(*SEARCH, *SYNTHETIC, *logs(tmp_path, "config"), "--search.seed=3")
     assert config.trainer.callbacks[0].config.population_size == 4 and config.trainer.callbacks[0].config.seed == 3
     off = _cli(*SEARCH, *SYNTHETIC, *logs(tmp_path, "off"), "--search=null")
