@@ -25,9 +25,19 @@ half-epoch checkpoint.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+
+# `python train.py --help` answers from docs/train_help.txt, written from the live parser by
+# scripts/write_help.py and held equal to it by tests/test_train.py: importing Lightning to
+# build the parser takes 4-8 s here, the file a few milliseconds.
+HELP_FILE = Path(__file__).resolve().parent / "docs" / "train_help.txt"
+if __name__ == "__main__" and sys.argv[1:] in (["--help"], ["-h"]) and HELP_FILE.is_file() \
+        and not os.environ.get("LIGHTNING_METANAS_LIVE_HELP"):
+    sys.stdout.write(HELP_FILE.read_text())
+    sys.exit(0)
 from typing import Iterator, Optional
 
 import pytorch_lightning as pl

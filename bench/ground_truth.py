@@ -33,6 +33,7 @@ import datetime
 import json
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -315,7 +316,7 @@ def run_one(item: dict, seed: int, args: argparse.Namespace) -> Optional[dict]:
         "ci95": test["acc_transductive_ci95"], "ci95_inductive": test["acc_support_ci95"],
         "val_ci95": val["acc_transductive_ci95"],
         "test_acc_own_tasks": result["acc_transductive"],  # train.py's meta-test: the run's data seed's test tasks
-        "best_epoch": int(Path(result["checkpoint"]).stem.replace("epoch", "")),
+        "best_epoch": int(re.match(r"epoch(\d+)", Path(result["checkpoint"]).stem).group(1)),
         "val_curve": [round(v, 4) for v in run.val_curve()],
         "seconds": round(run.seconds, 1), "machine": args.machine, "commit": args.commit,
         "command": shown(command),

@@ -37,7 +37,7 @@ from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 
 from callbacks.evolution import EvolutionCallback
 from lightning_metanas import plots
-from lightning_metanas.report import test_result, write_report
+from lightning_metanas.report import test_result, write_report, write_resume_record
 from lightning_metanas.search_space import Architecture
 
 POPULATION_COLUMNS = ["generation", "architecture", "accuracy", "score", "predicted", "params", "flops", "born"]
@@ -86,6 +86,8 @@ class SearchTrackingCallback(Callback):
         self.directory = None if trainer.fast_dev_run else EvolutionCallback.export_dir(trainer)
         # A resumed run already logged its earlier generations in the run it resumes.
         self.handled = len(evolution.search.history)
+        if trainer.is_global_zero and self.run_dir is not None and trainer.ckpt_path:
+            write_resume_record(self.run_dir, Path(trainer.ckpt_path), trainer.global_step)
         saver = _config_saver(trainer)
         if trainer.is_global_zero and self.run_dir is not None and saver is not None:
             # config.yaml in the run directory, also when the CLI saved it elsewhere (with W&B

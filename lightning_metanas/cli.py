@@ -226,7 +226,7 @@ class MetaNASCLI(LightningCLI):
             {
                 "checkpoint.monitor": "val/acc",
                 "checkpoint.mode": "max",
-                "checkpoint.filename": "epoch{epoch:03d}",
+                "checkpoint.filename": "epoch{epoch:03d}-val_acc{val/acc:.4f}",
                 "checkpoint.auto_insert_metric_name": False,
                 # after the search callback's generation, so the checkpoint holds its result
                 "checkpoint.save_on_train_epoch_end": True,

@@ -81,7 +81,8 @@ class MetaNASModule(pl.LightningModule):
                 "ways": ways,
                 "image_channels": image_channels,
                 "image_size": image_size,
-                "search_space": dataclasses.asdict(search_space),
+                # lists, not tuples: hparams.yaml is then plain YAML (yaml.safe_load reads it)
+                "search_space": {k: list(v) for k, v in dataclasses.asdict(search_space).items()},
                 "meta": dataclasses.asdict(meta),
                 "train_arch": train_arch,
                 "eval_arch": eval_arch,
@@ -92,6 +93,8 @@ class MetaNASModule(pl.LightningModule):
         )
         self.space, self.meta, self.sampling = search_space, meta, sampling
         self.tasks_per_arch = tasks_per_arch
+        # two images (BatchNorm needs more than one value per channel once a map is 1x1)
+        self.example_input_array = torch.zeros(2, image_channels, image_size, image_size)
         self.supernet = SuperNet(search_space, ways, image_channels)
         self.adapter = TaskAdapter.from_config(self.supernet, meta)
         self.sampler: ArchitectureSampler = self._initial_sampler(train_arch)
@@ -105,6 +108,11 @@ class MetaNASModule(pl.LightningModule):
         # What the last training step adapted, one per task: callbacks/guards.py names them
         # when that step's meta-loss or meta-gradient is not finite.
         self.last_step_archs: list[Architecture] = []
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits of the evaluated architecture (batch statistics), before any adaptation: what
+        Lightning's model summary counts FLOPs on, with ``example_input_array``."""
+        return self.supernet(images, self.evaluated_architecture())
 
     # -- architectures -------------------------------------------------------------------
     def load_architecture(self, spec: str) -> Architecture:

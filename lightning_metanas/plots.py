@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import EngFormatter, MaxNLocator, NullFormatter
 
 from lightning_metanas.metrics import kendall_tau
 from lightning_metanas.search_space import Architecture
@@ -106,8 +106,11 @@ def plot_search_curve(history: Sequence[Mapping[str, Any]], path: str | Path) ->
         gens = [h["generation"] for h in history]
         ax.plot(gens, [h["best_score"] for h in history], "o-", color="#4C72B0", label="best score")
         ax.plot(gens, [h["mean_score"] for h in history], "s--", color="#DD8452", label="mean score")
+        accuracies = [(h["generation"], h["best_accuracy"]) for h in history if h.get("best_accuracy") is not None]
+        if accuracies:
+            ax.plot(*zip(*accuracies), "d:", color="#55A868", label="best's query accuracy")
         ax.set_xlabel("generation")
-        ax.set_ylabel("score (query accuracy after adaptation)")
+        ax.set_ylabel("score (query accuracy x size prior)")
         ax.grid(alpha=0.3)
         handles, labels = ax.get_legend_handles_labels()
         taus = [(h["generation"], h["predictor_tau"]) for h in history if h.get("predictor_tau") is not None]
@@ -187,6 +190,9 @@ def plot_accuracy_vs_size(
     sizes = [p[0] for p in points]
     if min(sizes) > 0 and max(sizes) / min(sizes) > 20:
         ax.set_xscale("log")
+    # 2.5M, not 2500000: long tick labels ran into each other on the FLOPs axis
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel({"params": "parameters", "flops": "multiply-accumulates per image"}.get(size, size))
     ax.set_ylabel("score")
     ax.grid(alpha=0.3)
@@ -266,6 +272,17 @@ def plot_training_curves(rows: Sequence[Mapping[str, str]], path: str | Path) ->
         if xs:
             ax.plot(xs, ys, style, label=key, alpha=0.85, markersize=4)
             drawn = True
+    # the search's phases, from its own rows: warm-up until the first generation, the search,
+    # then (when generations stopped before the run) the best architecture trained alone
+    generations = [float(r["step"]) for r in rows if r.get("search/generation") not in (None, "") and r.get("step")]
+    last = max((float(r["step"]) for r in rows if r.get("step")), default=0.0)
+    for ax in (left, right) if drawn and generations else ():
+        start, end = min(generations), max(generations)
+        if start > 0:
+            ax.axvspan(0, start, color="0.9", zorder=0, label="warm-up")
+        ax.axvline(start, color="#C44E52", linestyle="--", linewidth=1, label="search")
+        if end < last:
+            ax.axvline(end, color="#55A868", linestyle=":", linewidth=1.5, label="best alone")
     for ax, label in ((left, "meta-train loss"), (right, "accuracy")):
         ax.set_xlabel("step")
         ax.set_ylabel(label)

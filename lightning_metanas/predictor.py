@@ -21,7 +21,9 @@ from lightning_metanas.search_space import Architecture, SearchSpace
 
 @dataclass
 class PredictorConfig:
-    """Args:
+    """The performance predictor's settings (``--search.predictor.*``).
+
+    Args:
         min_archive: scored architectures needed before the predictor may steer the search.
         min_tau: held-out Kendall tau it must reach to steer (it still trains below it).
         retrain_every: generations between retrainings.

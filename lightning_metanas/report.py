@@ -28,7 +28,7 @@ import yaml
 from lightning_metanas import plots
 from lightning_metanas.errors import SettingsError, run_main
 from lightning_metanas.metrics import kendall_tau
-from lightning_metanas.search_files import BEST_ARCH, HISTORY, SCORED
+from lightning_metanas.search_files import BEST_ARCH, HISTORY, SCORED, accuracy_cost_front
 from lightning_metanas.search_space import Architecture
 
 TEST_RESULT = "test_result.json"
@@ -60,11 +60,36 @@ def _json(path: Path) -> Any:
         raise ReportError(f"{path} is not valid JSON: {err}") from None
 
 
+RESUMED_FROM = "resumed_from.json"
+
+
 def read_metrics(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
         return []
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
+
+
+def write_resume_record(run_dir: Path, checkpoint: Path, step: int) -> None:
+    """Note in a resumed run's folder which run it continues and from which step, so its report
+    and curves cover the whole run (``run_metrics``)."""
+    previous = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    if previous.resolve() != run_dir.resolve():
+        (run_dir / RESUMED_FROM).write_text(json.dumps({"run": str(previous), "step": step}) + "\n")
+
+
+def run_metrics(run: Path, seen: Optional[set] = None) -> list[dict[str, str]]:
+    """``metrics.csv`` of ``run``, preceded, for a resumed run, by the rows of the run it
+    resumed (and so on back) logged before the step it resumed from."""
+    rows = read_metrics(run / "metrics.csv")
+    record = _json(run / RESUMED_FROM)
+    seen = seen or {run.resolve()}
+    if record is None or Path(record["run"]).resolve() in seen:
+        return rows
+    previous = Path(record["run"])
+    seen.add(previous.resolve())
+    earlier = [r for r in run_metrics(previous, seen) if not r.get("step") or float(r["step"]) < record["step"]]
+    return earlier + rows
 
 
 def read_run(run_dir: str | Path, test: Optional[dict] = None) -> dict[str, Any]:
@@ -79,7 +104,7 @@ def read_run(run_dir: str | Path, test: Optional[dict] = None) -> dict[str, Any]
         "out_dir": out,
         "config": config,
         "config_text": (run / "config.yaml").read_text() if config is not None else None,
-        "metrics": read_metrics(run / "metrics.csv"),
+        "metrics": run_metrics(run),
         "best_arch": _json(out / BEST_ARCH),
         "history": _json(out / HISTORY) or [],
         "scored": _json(out / SCORED),
@@ -168,6 +193,11 @@ def _num(value: Any) -> str:
     return str(value)
 
 
+def _budget_text(budget: dict) -> Optional[str]:
+    names = {"max_params": "parameters", "max_flops": "MACs per image", "max_latency_ms": "ms per image"}
+    return ", ".join(f"{names.get(k, k)} ≤ {v:,g}" for k, v in budget.items()) or None
+
+
 def _pct(value: Optional[float]) -> str:
     return "\u2013" if value is None else f"{100 * value:.2f}%"
 
@@ -199,7 +229,8 @@ def context(found: dict[str, Any], images: dict[str, Path]) -> dict[str, Any]:
         ("operations", ", ".join(space.get("ops", []))), ("widths", space.get("widths")), ("depths", space.get("depths")),
         ("population / offspring", f"{search.get('population_size')} / {search.get('offspring')}" if search else None),
         ("selection", search.get("selection")), ("strategy", search.get("strategy")),
-        ("tasks per score", search.get("tasks_per_score")), ("seed", (config or {}).get("seed_everything")),
+        ("tasks per score", search.get("tasks_per_score")), ("size prior", search.get("size_prior")),
+        ("cost budget", _budget_text(scored.get("budget") or {})), ("seed", (config or {}).get("seed_everything")),
     ]
     tested = Architecture.of(test["arch"]) if test and test.get("arch") else None
     return {
@@ -219,7 +250,10 @@ def context(found: dict[str, Any], images: dict[str, Path]) -> dict[str, Any]:
         "generation": scored.get("generation"),
         "population": sorted(scored.get("population", []), key=lambda r: r["score"], reverse=True),
         "archive": archive,
-        "front": [archive[i] for i in plots.pareto_front([(r["params"], r["score"]) for r in archive])],
+        "front": accuracy_cost_front(archive) if archive and "accuracy" in archive[0] else
+                 [archive[i] for i in plots.pareto_front([(r["params"], r["score"]) for r in archive])],
+        "budget": scored.get("budget") or {},
+        "budget_text": _budget_text(scored.get("budget") or {}),
         "predicted": len(pairs),
         "tau": kendall_tau(*zip(*pairs)) if pairs else None,
         "settings": [(k, v) for k, v in settings if v not in (None, "", [])] if config is not None else [],

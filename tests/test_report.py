@@ -80,7 +80,7 @@ def test_report_shows_plots_best_architecture_search_and_meta_test(tmp_path):
     assert "87.34%" in page and "600 tasks" in page  # the meta-test result
     assert "conv3x3@32-sep_conv3x3@64-max_pool3x3@48" in page  # the best architecture
     assert "omniglot 5-way 1-shot" in page
-    for heading in ("Best architecture", "Plots", "Final population", "Pareto front", "Search history",
+    for heading in ("Best architecture", "Plots", "Final population", "Accuracy-cost front", "Search history",
                     "Meta-test", "Settings"):
         assert f"<h2>{heading}" in page, heading
     # self-contained: every image embedded, nothing fetched from anywhere
@@ -102,12 +102,13 @@ def test_numbers_are_formatted_and_marked_by_column_not_by_look(tmp_path):
     page = write_report(make_run(tmp_path)).read_text()
     history = _rows(page, "Search history")
     assert len(history) == 3
-    assert history[2] == [(True, "2"), (True, "0.600"), (True, "0.500"), (True, "0.500"), (True, "4"),
+    # an older history has no raw accuracy: a dash in its numeric column
+    assert history[2] == [(True, "2"), (True, "0.600"), (True, "\u2013"), (True, "0.500"), (True, "0.500"), (True, "4"),
                           (False, "yes"), (True, "0.300"), (False, "<code>conv3x3@32-sep_conv3x3@64-max_pool3x3@48</code>")]
-    assert history[0][6] == (True, "\u2013")  # no tau yet: a dash, still in the numeric column
+    assert history[0][7] == (True, "\u2013")  # no tau yet: a dash, still in the numeric column
     population = _rows(page, "Final population")
-    assert population[0] == [(False, "conv3x3@32-sep_conv3x3@64-max_pool3x3@48"), (True, "0.610"), (True, "0.580"),
-                             (True, "9,000"), (True, "900,000"), (True, "1")]
+    assert population[0] == [(False, "conv3x3@32-sep_conv3x3@64-max_pool3x3@48"), (True, "\u2013"), (True, "0.610"),
+                             (True, "0.580"), (True, "9,000"), (True, "900,000"), (True, "1")]
     # settings are text, even where a value looks like a number
     assert all(not numeric for row in _rows(page, "Settings") for numeric, _ in row)
     assert _rows(page, "Settings")[-1] == [(False, "seed"), (False, "0")]
@@ -176,3 +177,17 @@ def test_report_renders_in_headless_chromium(tmp_path):
     # the embedded plots were decoded: many distinct colours below the header
     colours = {tuple(p) for p in (image[200:1600:7, ::7] * 255).astype(int).reshape(-1, 3)}
     assert len(colours) > 200
+
+
+def test_a_resumed_runs_curves_cover_the_whole_run(tmp_path):
+    """The killed run's rows up to the resume step, then the resumed run's (RESUMED_FROM)."""
+    from lightning_metanas.report import run_metrics, write_resume_record
+
+    first, second = tmp_path / "version_0", tmp_path / "version_1"
+    for run, steps in ((first, [5, 10, 15, 20]), (second, [20, 25, 30])):
+        run.mkdir()
+        (run / "metrics.csv").write_text("step,train/loss\n" + "".join(f"{s},{s / 10}\n" for s in steps))
+    write_resume_record(second, first / "checkpoints" / "last.ckpt", step=19)
+    assert [r["step"] for r in run_metrics(second)] == ["5", "10", "15", "20", "25", "30"]
+    write_resume_record(first, first / "checkpoints" / "last.ckpt", step=3)  # its own checkpoint: no record
+    assert not (first / "resumed_from.json").exists()
