@@ -235,3 +235,18 @@ def test_retired_search_config_is_refused_with_what_to_move(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"error: {old}: the search is no longer set in trainer.callbacks") and err.count("\n") == 1
     assert "top-level search: section" in err
+
+
+@pytest.mark.slow
+def test_help_answers_from_the_committed_text_which_equals_the_live_parsers():
+    """``train.py --help`` prints docs/train_help.txt without importing Lightning; that file must
+    be what the parser prints today (scripts/write_help.py rewrites it)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from write_help import live_help
+
+    committed = (ROOT / "docs" / "train_help.txt").read_text()
+    assert live_help() == committed, "docs/train_help.txt is stale: run .venv/bin/python scripts/write_help.py"
+    fast = run("train.py", "--help")
+    assert fast.stdout == committed
+    every_option = [line for line in committed.splitlines() if line.startswith("  --")]
+    assert len(every_option) > 100 and "--search.max_flops" in committed and "--search.predictor.min_tau" in committed
