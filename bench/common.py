@@ -14,12 +14,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Sequence, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
+T, R = TypeVar("T"), TypeVar("R")
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -55,6 +58,22 @@ def shown(command: list[str], root: Path = ROOT) -> str:
     """A command as a user would type it from the repository root."""
     words = ["python"] + [os.path.relpath(w, root) if w.startswith(str(root)) else w for w in command[1:]]
     return " ".join(words)
+
+
+def run_in_lanes(jobs: Sequence[T], run: Callable[[T], Optional[R]], record: Callable[[T, R], None], lanes: int) -> None:
+    """``run`` every job, ``lanes`` at a time (threads: each job is a subprocess), and
+    ``record`` each result the moment it is there, one at a time (so a stopped bench keeps
+    every result it had)."""
+    lock = threading.Lock()
+
+    def job(item: T) -> None:
+        result = run(item)
+        if result is not None:
+            with lock:
+                record(item, result)
+
+    with ThreadPoolExecutor(max(1, lanes)) as pool:
+        list(pool.map(job, jobs))
 
 
 @dataclass

@@ -37,8 +37,6 @@ import re
 import statistics
 import subprocess
 import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
@@ -47,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from bench.common import cpu_model, git_commit, load, run_train, save, shown  # noqa: E402
+from bench.common import cpu_model, git_commit, load, run_in_lanes, run_train, save, shown  # noqa: E402
 from lightning_metanas.costs import Budget, CostModel, SpaceCosts  # noqa: E402
 from lightning_metanas.latency import LayerLatencyModel, latency_ms  # noqa: E402
 from lightning_metanas.search_space import Architecture, ArchitectureError, SearchSpace  # noqa: E402
@@ -408,21 +406,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     args.commit, args.machine = git_commit(), cpu_model()
     print(f"{len(jobs)} runs to go, {args.epochs * args.train_batches * args.meta_batch_size} meta-training "
           f"tasks each, {args.lanes} lanes, on {args.machine}", flush=True)
-    lock = threading.Lock()
+    def record(item: tuple[dict, int], run: dict) -> None:
+        merge(out, item[0], run, args)
+        print(f"{100 * run['val_acc']:6.2f} val {100 * run['test_acc']:6.2f} test "
+              f"{100 * run['test_acc_inductive']:6.2f} inductive  epoch {run['best_epoch']}  "
+              f"{run['seconds']:7.1f} s  seed {item[1]}  {item[0]['label']}", flush=True)
 
-    def job(item: tuple[dict, int]) -> None:
-        entry, seed = item
-        record = run_one(entry, seed, args)
-        if record is None:
-            return
-        with lock:
-            merge(out, entry, record, args)
-        print(f"{100 * record['val_acc']:6.2f} val {100 * record['test_acc']:6.2f} test "
-              f"{100 * record['test_acc_inductive']:6.2f} inductive  epoch {record['best_epoch']}  "
-              f"{record['seconds']:7.1f} s  seed {seed}  {entry['label']}", flush=True)
-
-    with ThreadPoolExecutor(max(1, args.lanes)) as pool:
-        list(pool.map(job, jobs))
+    run_in_lanes(jobs, lambda item: run_one(item[0], item[1], args), record, args.lanes)
     return 0
 
 

@@ -1,54 +1,97 @@
-"""RESULTS.md's equal-budget table: the searched architecture vs Conv-4, four Omniglot settings,
-several seeds, resumable.
+"""RESULTS.md's equal-budget table: the searched architecture vs Conv-4 vs the largest network of
+the space, four Omniglot settings, several seeds; and, at 5-way 1-shot, the budgeted search vs
+the budget's best zero-cost pick. Resumable.
 
-Each run is the command written in the header of ``configs/results/omniglot_<setting>.yaml``
-(the ``Conv-4`` or the ``searched`` line) with every seed set to the run's seed. Runs go side by
-side in lanes (one torch thread each); every finished run is appended to ``--out`` at once, so a
-stopped bench continues with the runs not yet recorded.
+Every run meta-trains for the setting's budget (``configs/results/omniglot_<setting>.yaml``);
+the arms differ only in what they train:
 
-    .venv/bin/python bench/results.py                       # all settings, both arms, seeds 0-2
-    .venv/bin/python bench/results.py --arms conv4 --seeds 0 1 2
-    .venv/bin/python bench/results_table.py                 # the markdown table from --out
+* ``conv4``: Conv-4, the MAML baseline (``--model.train_arch=reference``);
+* ``largest``: the space's largest subnet alone (``--model.train_arch=largest``), the rule that
+  needs no search;
+* ``search``: the search (``configs/results/search.yaml``: a fair-sampling warm-up for half the
+  epochs, every generation at once, then the best alone);
+* ``search_<budget>`` / ``zero_cost_<budget>`` (5-way 1-shot): the search within a cost budget
+  of ``bench/ground_truth.BUDGETS``, and the first choice of the zero-cost rule chosen on
+  validation over the whole space within that budget, trained alone.
+
+Each run records its architecture's parameters, multiply-accumulates and one-image latency
+(its ratio to Conv-4 timed beside it, ``latency.latency_ms``; measured when the run ends, so
+other runs may share the cores: ``bench/ground_truth.py`` holds the quiet figures). Runs go
+side by side in lanes (one torch thread each); each is appended to ``--out`` when it ends.
+
+    .venv/bin/python bench/results.py                              # the four settings, three arms, seeds 0-2
+    .venv/bin/python bench/results.py --arms largest --seeds 0 1 2
+    .venv/bin/python bench/results.py --settings 5w1s --arms search_flops3M zero_cost_flops3M
+    .venv/bin/python bench/results_table.py
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import re
 import shlex
-import shutil
-import subprocess
 import sys
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
-
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.ground_truth import cpu_model, git_commit, load, save  # noqa: E402
+from bench.common import cpu_model, git_commit, load, run_in_lanes, run_train, save  # noqa: E402
+from bench.ground_truth import BUDGETS  # noqa: E402
+from lightning_metanas.latency import latency_ms  # noqa: E402
 from lightning_metanas.search_space import Architecture, SearchSpace  # noqa: E402
 from lightning_metanas.supernet import SuperNet  # noqa: E402
 
 SETTINGS = ("5w1s", "5w5s", "20w1s", "20w5s")
-ARMS = {"conv4": "Conv-4 (MAML baseline)", "search": "searched"}
+# the search's settings per setting: warm-up for half the epochs (the default, written out for
+# the record), and on 20-way tasks fewer, smaller scoring tasks (20 classes x 5 queries x 100
+# tasks would cost more scoring than the budget's training)
+SEARCH_FLAGS = {
+    "5w1s": ["--search.warmup_epochs=6"],
+    "5w5s": ["--search.warmup_epochs=3"],
+    "20w1s": ["--search.warmup_epochs=3", "--search.tasks_per_score=50", "--search.score_queries=3"],
+    "20w5s": ["--search.warmup_epochs=2", "--search.tasks_per_score=50", "--search.score_queries=3"],
+}
+BUDGET_FLAGS = {"flops3M": "--search.max_flops=3000000", "params40k": "--search.max_params=40000"}
+ARM_NAMES = {"conv4": "Conv-4 (MAML baseline)", "largest": "largest network", "search": "searched"}
+RULE_PICKS = ROOT / "bench/ground_truth/omniglot_5w1s_v2_archs.json"
 
 
-def arm_command(setting: str, arm: str) -> list[str]:
-    """The arm's ``train.py`` arguments from the config's header line, without the logger name
-    (each run gets its own)."""
-    config = ROOT / "configs" / "results" / f"omniglot_{setting}.yaml"
-    for line in config.read_text().splitlines():
-        match = re.match(r"#\s+(.+?):\s+python train\.py (.*)$", line)
-        if match and match.group(1) == ARMS[arm]:
-            words = shlex.split(match.group(2))
-            return [w for w in words if not w.startswith("--trainer.logger.init_args.name=")]
-    raise SystemExit(f"{config} has no '#   {ARMS[arm]}: python train.py ...' header line")
+def arm_command(setting: str, arm: str, runs: Optional[Path] = None) -> list[str]:
+    """The arm's ``train.py`` flags (without seed and logger)."""
+    config = ["--config", f"configs/results/omniglot_{setting}.yaml"]
+    if arm == "conv4":
+        return config + ["--model.train_arch=reference"]
+    if arm == "largest":
+        return config + ["--model.train_arch=largest"]
+    if arm == "search":
+        return config + ["--config", "configs/results/search.yaml", *SEARCH_FLAGS[setting]]
+    kind = next((k for k in ("search_", "zero_cost_") if arm.startswith(k)), "")
+    budget = arm[len(kind):]
+    if setting == "5w1s" and kind == "search_" and budget in BUDGET_FLAGS:
+        return arm_command(setting, "search") + [BUDGET_FLAGS[budget]]
+    if setting == "5w1s" and kind == "zero_cost_" and budget in BUDGETS:
+        rule = zero_cost_rule()
+        label = load(RULE_PICKS)["rule_picks"].get(f"{budget}:{rule}")
+        if label is None:
+            raise SystemExit(f"no {rule} pick recorded for {budget} in {RULE_PICKS}")
+        path = (runs or ROOT / "runs/results") / f"zero_cost_{budget}.arch.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        parse_label(label).save(path)
+        return config + [f"--model.train_arch={path}"]
+    raise SystemExit(f"unknown arm {arm!r} for {setting}")
+
+
+def zero_cost_rule() -> str:
+    """The size rule chosen on the validation column (``bench/ranking_table.py``)."""
+    ranking = ROOT / "bench/ranking/omniglot_5w1s_v2.json"
+    chosen = load(ranking).get("chosen_rule", "") if ranking.is_file() else ""
+    rule = chosen.removeprefix("rule: ")
+    return rule if rule in ("depth_params", "depth_flops", "params", "flops") else "depth_flops"
+
+
+def parse_label(label: str) -> Architecture:
+    ops, widths = zip(*(layer.split("@") for layer in label.split("-")))
+    return Architecture(tuple(ops), tuple(int(w) for w in widths))
 
 
 def seed_flags(seed: int) -> list[str]:
@@ -58,48 +101,36 @@ def seed_flags(seed: int) -> list[str]:
 
 def run_one(setting: str, arm: str, seed: int, args: argparse.Namespace) -> Optional[dict]:
     name = f"{setting}_{arm}_seed{seed}"
-    work = Path(args.runs) / name
-    if work.exists():  # a run stopped half-way: start it again
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    flags = arm_command(setting, arm) + seed_flags(seed) + [
-        f"--trainer.logger.init_args.save_dir={args.runs}", f"--trainer.logger.init_args.name={name}",
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", WANDB_MODE="disabled")
-    start = time.time()
-    with open(work / "train.log", "w") as log:
-        rc = subprocess.run([sys.executable, str(ROOT / "train.py"), *flags], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT).returncode
-    seconds = time.time() - start
-    results = sorted(work.glob("version_*/test_result.json"))
-    if rc != 0 or not results:
-        print(f"FAILED rc={rc}: {name} (see {work / 'train.log'})", flush=True)
+    runs = Path(args.runs)
+    flags = arm_command(setting, arm, runs) + seed_flags(seed)
+    run, _ = run_train(flags, runs / name, runs, name)
+    if run is None:
         return None
-    result = json.loads(results[-1].read_text())
-    arch = Architecture.from_dict(result["arch"])
-    config = yaml.safe_load((results[-1].parent / "config.yaml").read_text())
-    model = config["model"]
-    space = SearchSpace(**model.get("search_space") or {})
-    net = SuperNet(space, result["ways"], 1)
-    history = results[-1].parent / "checkpoints" / "search_history.json"
-    entry = {
+    result = run.result
+    arch = Architecture.of(result["arch"])
+    net = SuperNet(SearchSpace(), result["ways"], 1)
+    reference = latency_ms(SearchSpace().reference())
+    ms = latency_ms(arch, ways=result["ways"])
+    history = run.version / "checkpoints" / "search_history.json"
+    return {
         "setting": setting, "arm": arm, "seed": seed,
         "acc": result["acc"], "ci95": result["acc_ci95"], "test_tasks": result["tasks"],
+        "acc_inductive": result.get("acc_support"), "ci95_inductive": result.get("acc_support_ci95"),
         "arch": arch.to_dict(), "label": str(arch),
-        "params": net.num_parameters(arch), "flops": net.flops(arch, config["data"]["image_size"]),
+        "params": net.num_parameters(arch), "flops": net.flops(arch, 28),
+        "latency_ms": round(ms, 4), "latency_vs_conv4": round(ms / reference, 4),
         "best_checkpoint": Path(result["checkpoint"]).name,
-        "generations": len(json.loads(history.read_text())) if history.is_file() else 0,
-        "seconds": round(seconds, 1),
-        "command": "python train.py " + " ".join(shlex.quote(f) for f in flags if "logger.init_args.save_dir" not in f),
+        "generations": len(load(history)) if history.is_file() else 0,
+        "seconds": round(run.seconds, 1),
+        "command": "python train.py " + " ".join(shlex.quote(f) for f in flags),
         "commit": args.commit, "machine": args.machine,
     }
-    return entry
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=SETTINGS)
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--arms", nargs="+", default=list(ARM_NAMES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", default=str(ROOT / "bench/results/omniglot.json"))
     parser.add_argument("--runs", default=str(ROOT / "runs/results"))
@@ -111,30 +142,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     # slowest first, so that the lanes finish together
     order = {"20w5s": 0, "20w1s": 1, "5w5s": 2, "5w1s": 3}
     todo = sorted(
-        ((s, a, seed) for seed in args.seeds for s in args.settings for a in args.arms if (s, a, seed) not in done),
+        ((s, a, seed) for seed in args.seeds for s in args.settings for a in args.arms
+         if (s, a, seed) not in done and (a in ARM_NAMES or s == "5w1s")),
         key=lambda job: (job[2], order[job[0]], job[1]),
     )
     if args.list:
         for setting, arm, seed in todo:
-            print(" ".join(["python train.py", *arm_command(setting, arm), *seed_flags(seed)]))
+            print(" ".join(["python train.py", *arm_command(setting, arm, Path(args.runs)), *seed_flags(seed)]))
         return 0
     args.commit, args.machine = git_commit(), cpu_model()
     print(f"{len(todo)} runs to do, {args.lanes} lanes", flush=True)
-    lock = threading.Lock()
 
-    def job(item: tuple[str, str, int]) -> None:
-        entry = run_one(*item, args)
-        if entry is None:
-            return
-        with lock:
-            entries = load(out)
-            entries.append(entry)
-            save(out, entries)
+    def record(item: tuple[str, str, int], entry: dict) -> None:
+        save(out, load(out) + [entry])
         print(f"{item}: {100 * entry['acc']:.2f} ± {100 * entry['ci95']:.2f} {entry['label']} "
               f"{entry['seconds']:.0f} s", flush=True)
 
-    with ThreadPoolExecutor(max(1, args.lanes)) as pool:
-        list(pool.map(job, todo))
+    run_in_lanes(todo, lambda item: run_one(*item, args), record, args.lanes)
     return 0
 
 

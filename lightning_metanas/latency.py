@@ -45,17 +45,22 @@ def latency_ms(
 ) -> float:
     """Median wall time in milliseconds of one forward pass of one image through ``arch`` as
     a standalone network, on one CPU thread, after ``warmup`` passes, over ``repeats``."""
-    # channels-last: what oneDNN runs fastest on CPU (Conv-4 0.38 ms against 0.72 NCHW, one
-    # image, one thread, measured), and what ``StandaloneNet.for_inference`` gives a user
+    # channels-last: what oneDNN runs fastest on CPU (Conv-4 0.38 ms against 0.72 ms in NCHW,
+    # one image, one thread, measured here)
     net = StandaloneNet(arch, in_channels, image_size, ways).to(memory_format=torch.channels_last)
     x = torch.randn(1, in_channels, image_size, image_size).contiguous(memory_format=torch.channels_last)
+    return median_ms(net, x, warmup, repeats)
+
+
+def median_ms(module: torch.nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> float:
+    """Median wall time in milliseconds of ``module(x)`` on one thread, after ``warmup`` calls."""
     times = []
     with _LOCK, one_thread(), torch.inference_mode():
         for _ in range(warmup):
-            net(x)
+            module(x)
         for _ in range(repeats):
             start = time.perf_counter()
-            net(x)
+            module(x)
             times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
 
@@ -67,15 +72,7 @@ def layer_latency_ms(op: str, c_in: int, c_out: int, size: int, pool: bool, repe
 
     layer = StandaloneLayer(op, c_in, c_out, pool).eval().to(memory_format=torch.channels_last)
     x = torch.randn(1, c_in, size, size).contiguous(memory_format=torch.channels_last)
-    times = []
-    with _LOCK, one_thread(), torch.inference_mode():
-        for _ in range(5):
-            layer(x)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            layer(x)
-            times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return median_ms(layer, x, 5, repeats)
 
 
 class LayerLatencyModel:

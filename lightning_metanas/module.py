@@ -39,7 +39,8 @@ class MetaNASModule(pl.LightningModule):
         search_space: operations, widths and depths the SuperNet holds.
         meta: inner/outer learning rates, steps and meta-gradient mode.
         train_arch: meta-train only this architecture instead of sampling the space: a path
-            to an architecture JSON file, or ``reference`` for Conv-4 (the MAML baseline).
+            to an architecture JSON file, ``reference`` for Conv-4 (the MAML baseline) or
+            ``largest`` for the space's largest subnet (the "take the largest" baseline).
         eval_arch: architecture JSON that validation and test evaluate; by default the
             sampler's best (Conv-4 before any search).
         seed: seed of the per-task architecture sampling (offset by the DDP rank); ``None``:
@@ -116,9 +117,12 @@ class MetaNASModule(pl.LightningModule):
 
     # -- architectures -------------------------------------------------------------------
     def load_architecture(self, spec: str) -> Architecture:
-        """``reference`` (Conv-4) or an architecture JSON file, checked against the space."""
+        """``reference`` (Conv-4), ``largest`` (the space's largest subnet) or an architecture
+        JSON file, checked against the space."""
         if spec == "reference":
             return self.space.reference()
+        if spec == "largest":
+            return self.supernet.largest_architecture()
         try:
             return self.space.validate(Architecture.load(spec))
         except ArchitectureError as err:

@@ -81,11 +81,16 @@ class SuperNet(nn.Module):
             c_in = width
         return count + self.head_parameters(c_in)
 
-    def largest_num_parameters(self) -> int:
-        """Parameters of the largest single-op subnet of the space (every layer the widest of
-        one op, at the greatest depth): the unit of ``search.size_prior``."""
+    def largest_architecture(self) -> Architecture:
+        """The largest single-op subnet of the space: every layer the widest of one op (the one
+        with most parameters), at the greatest depth. In the default space 5 x conv5x5@64, the
+        largest subnet of all, and the "take the largest" baseline."""
         depth, width = self.space.max_depth, self.space.max_width
-        return max(self.num_parameters(Architecture((op,) * depth, (width,) * depth)) for op in self.space.ops)
+        return max((Architecture((op,) * depth, (width,) * depth) for op in self.space.ops), key=self.num_parameters)
+
+    def largest_num_parameters(self) -> int:
+        """Parameters of ``largest_architecture``: the unit of ``search.size_prior``."""
+        return self.num_parameters(self.largest_architecture())
 
     def flops(self, arch: Architecture, image_size: int) -> int:
         """Multiply-accumulates of one forward pass of one image through the subnet."""

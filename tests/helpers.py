@@ -1,8 +1,13 @@
-"""What several test files share: small image folders drawn on the fly (no data is downloaded)."""
+"""What several test files share: small image folders drawn on the fly (no data is downloaded),
+and a small SuperNet with fixed tasks for the inner loop's tests."""
 import random
 from pathlib import Path
 
+import torch
 from PIL import Image, ImageDraw
+
+from lightning_metanas.search_space import Architecture, SearchSpace
+from lightning_metanas.supernet import SuperNet
 
 SHAPES = ("disc", "frame", "hbars", "vbars")
 
@@ -34,3 +39,46 @@ def write_shapes(root: Path, per_class: int = 8, seed: int = 0) -> Path:
         for i in range(per_class):
             draw(kind, rng).save(root / kind / f"{i:02d}.png")
     return root
+
+
+SPACE = SearchSpace(widths=(8, 16), depths=(2, 3))
+ARCHS = [
+    Architecture(("conv3x3", "sep_conv3x3", "max_pool3x3"), (16, 8, 16)),
+    Architecture(("conv5x5", "dil_conv3x3"), (8, 16)),
+    # skip 16 -> 16 is the identity: its projection is in parameters_of but never read
+    Architecture(("conv3x3", "skip", "avg_pool3x3"), (16, 16, 8)),
+]
+MODES = ("first_order", "second_order", "finite_difference")
+
+
+def small_supernet(dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    return SuperNet(SPACE, ways=5, in_channels=1).to(dtype)
+
+
+def one_task(seed=0, ways=5, shots=1, queries=3, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.randn(ways * shots, 1, 14, 14, generator=g, dtype=dtype)
+    xq = torch.randn(ways * queries, 1, 14, 14, generator=g, dtype=dtype)
+    return (xs, torch.arange(ways).repeat(shots)), (xq, torch.arange(ways).repeat(queries))
+
+
+def flat(grads):
+    return torch.cat([g.flatten() for g in grads if g is not None])
+
+
+def task_batch(tasks=3, seed=0):
+    pairs = [one_task(seed=seed + t, queries=2) for t in range(tasks)]
+    return tuple(
+        torch.stack([part for part in column])
+        for column in zip(*[(s[0], s[1], q[0], q[1]) for s, q in pairs])
+    )
+
+
+
+# tasks grouped by architecture, not contiguously: stacks are gathered and scattered back
+GROUPED = [ARCHS[0], ARCHS[1], ARCHS[0], ARCHS[2], ARCHS[1], ARCHS[0]]
+
+
+def as_double(batch):
+    return tuple(t.double() if t.is_floating_point() else t for t in batch)

@@ -19,22 +19,15 @@ import torch
 
 from lightning_metanas.latency import cpu_model, one_thread
 from lightning_metanas.maml import TaskAdapter
-from lightning_metanas.search_space import Architecture, SearchSpace
 from lightning_metanas.supernet import SuperNet
+from tests.helpers import ARCHS, MODES, SPACE
 
 PATH = Path(__file__).parent / "data" / "maml_fingerprints.json"
-SPACE = SearchSpace(widths=(8, 16), depths=(2, 3))
-ARCHS = [
-    Architecture(("conv3x3", "sep_conv3x3", "max_pool3x3"), (16, 8, 16)),
-    Architecture(("conv5x5", "dil_conv3x3"), (8, 16)),
-    Architecture(("conv3x3", "skip", "avg_pool3x3"), (16, 16, 8)),
-]
-MODES = ("first_order", "second_order", "finite_difference")
 WAYS = {"calling_thread": dict(workers=1, vectorize=False), "threads": dict(workers=2, vectorize=False),
         "vectorized": dict(workers=1, vectorize=True, max_vectorized_tasks=2)}
 
 
-def _batch(tasks: int = 4, seed: int = 0) -> tuple[torch.Tensor, ...]:
+def task_batch(tasks: int = 4, seed: int = 0) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(seed)
     return (torch.randn(tasks, 5, 1, 14, 14, generator=g), torch.arange(5).repeat(tasks, 1),
             torch.randn(tasks, 10, 1, 14, 14, generator=g), torch.arange(5).repeat_interleave(2).repeat(tasks, 1))
@@ -54,7 +47,7 @@ def fingerprints() -> dict:
             torch.manual_seed(0)
             net = SuperNet(SPACE, ways=5)
             adapter = TaskAdapter(net, inner_lr=0.4, **kwargs)
-            batch = _batch()
+            batch = task_batch()
             for mode in MODES:
                 # two tasks per architecture, so the vectorised way stacks them
                 archs = [ARCHS[0], ARCHS[0], ARCHS[1], ARCHS[2]]

@@ -133,13 +133,23 @@ def test_ranking_table_chooses_on_validation_and_bootstraps_the_difference(tmp_p
 
 
 @pytest.mark.parametrize("setting", results.SETTINGS)
-def test_results_bench_commands_come_from_the_config_headers(setting):
-    conv4 = results.arm_command(setting, "conv4")
-    search = results.arm_command(setting, "search")
-    assert conv4[:2] == ["--config", f"configs/results/omniglot_{setting}.yaml"] == search[:2]
-    assert "--model.train_arch=reference" in conv4 and "--model.train_arch=reference" not in search
-    assert not any("logger.init_args.name" in f for f in conv4 + search)
+def test_results_bench_runs_the_commands_its_configs_document(setting):
+    header = (ROOT / "configs" / "results" / f"omniglot_{setting}.yaml").read_text()
+    for arm, name in results.ARM_NAMES.items():
+        command = " ".join(["python train.py", *results.arm_command(setting, arm)])
+        assert f"#   {name + ':':<24}{command}\n" in header, (arm, command)
+    conv4, largest = results.arm_command(setting, "conv4"), results.arm_command(setting, "largest")
+    assert "--model.train_arch=reference" in conv4 and "--model.train_arch=largest" in largest
     assert results.seed_flags(2) == ["--seed_everything=2"]
+
+
+def test_budget_arms_exist_at_five_way_one_shot_only(tmp_path):
+    assert results.arm_command("5w1s", "search_flops3M")[-1] == "--search.max_flops=3000000"
+    zero = results.arm_command("5w1s", "zero_cost_params40k", tmp_path)
+    arch_file = zero[-1].split("=", 1)[1]
+    assert json.loads(open(arch_file).read())["ops"]
+    with pytest.raises(SystemExit):
+        results.arm_command("20w1s", "search_flops3M")
 
 
 def test_results_table_gives_mean_and_sd_over_seeds_and_marks_figures_not_rerun(tmp_path, capsys):

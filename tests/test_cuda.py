@@ -21,9 +21,8 @@ import torch.nn.functional as F
 
 from lightning_metanas import precision
 from lightning_metanas.maml import TaskAdapter
-from tests.test_meta_gradients import ARCHS, MODES, _batch, _flat, _supernet
+from tests.helpers import ARCHS, GROUPED, MODES, as_double, flat, small_supernet, task_batch
 from tests.test_train import SYNTHETIC, logs, run
-from tests.test_vectorized import GROUPED, _double
 
 pytestmark = pytest.mark.cuda
 CUDA = torch.device(os.environ.get("METANAS_CUDA_TESTS_ON", "cuda"))
@@ -36,10 +35,10 @@ def _to(batch, device):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("vectorize", [False, True], ids=["per task", "vectorised"])
 def test_cuda_meta_gradients_equal_the_cpu_ones(mode, vectorize):
-    net = _supernet(torch.float64)
-    batch = _double(_batch(tasks=len(GROUPED), seed=21))
+    net = small_supernet(torch.float64)
+    batch = as_double(task_batch(tasks=len(GROUPED), seed=21))
     cpu = TaskAdapter(net, 0.3, fd_epsilon=1e-6, workers=1, vectorize=False).meta_batch_gradient(GROUPED, batch, 2, mode)
-    gpu_net = _supernet(torch.float64).to(CUDA)
+    gpu_net = small_supernet(torch.float64).to(CUDA)
     gpu = TaskAdapter(gpu_net, 0.3, fd_epsilon=1e-6, vectorize=vectorize).meta_batch_gradient(
         GROUPED, _to(batch, CUDA), 2, mode)
     names = {p: n for n, p in net.named_parameters()}
@@ -49,7 +48,7 @@ def test_cuda_meta_gradients_equal_the_cpu_ones(mode, vectorize):
     torch.testing.assert_close(gpu.losses.cpu(), cpu.losses, rtol=1e-9, atol=0)
     assert torch.equal(gpu.accuracies.cpu(), cpu.accuracies)
     if mode == "finite_difference":
-        a, b = _flat(gpu_grads.values()), _flat(cpu_grads[n] for n in gpu_grads)
+        a, b = flat(gpu_grads.values()), flat(cpu_grads[n] for n in gpu_grads)
         assert ((a - b).norm() / b.norm()).item() < 1e-6
     else:
         for n, g in cpu_grads.items():
@@ -58,9 +57,9 @@ def test_cuda_meta_gradients_equal_the_cpu_ones(mode, vectorize):
 
 @pytest.mark.parametrize("vectorize", [False, True], ids=["per task", "vectorised"])
 def test_cuda_evaluation_gives_the_cpu_accuracies(vectorize):
-    net = _supernet(torch.float64)
-    tasks = _double(_batch(tasks=5, seed=31))
-    gpu_net = _supernet(torch.float64).to(CUDA)
+    net = small_supernet(torch.float64)
+    tasks = as_double(task_batch(tasks=5, seed=31))
+    gpu_net = small_supernet(torch.float64).to(CUDA)
     for arch in ARCHS:
         a = TaskAdapter(net, 0.3, vectorize=False).evaluate_tasks(arch, tasks, 3)
         b = TaskAdapter(gpu_net, 0.3, vectorize=vectorize).evaluate_tasks(arch, _to(tasks, CUDA), 3)
@@ -72,13 +71,13 @@ def test_finite_differences_stay_close_to_second_order_with_tf32_on():
     saved = precision.tf32_settings()
     try:
         precision._set(precision.TF32)  # TF32 convolutions and matmuls, as after a user's opt-in
-        net = _supernet(torch.float32).to(CUDA)
+        net = small_supernet(torch.float32).to(CUDA)
         adapter = TaskAdapter(net, 0.4, fd_epsilon=1e-5, vectorize=False)
-        batch = _to(_batch(tasks=4, seed=9), CUDA)
+        batch = _to(task_batch(tasks=4, seed=9), CUDA)
         for t in range(4):
             support, query = (batch[0][t], batch[1][t]), (batch[2][t], batch[3][t])
-            so = _flat(adapter.meta_gradient(ARCHS[0], support, query, 1, "second_order").grads)
-            fd = _flat(adapter.meta_gradient(ARCHS[0], support, query, 1, "finite_difference").grads)
+            so = flat(adapter.meta_gradient(ARCHS[0], support, query, 1, "second_order").grads)
+            fd = flat(adapter.meta_gradient(ARCHS[0], support, query, 1, "finite_difference").grads)
             assert F.cosine_similarity(fd, so, dim=0).item() > 0.95
         assert precision.tf32_settings() == precision.TF32
     finally:

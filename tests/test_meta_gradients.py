@@ -28,36 +28,8 @@ import torch.nn.functional as F
 from lightning_metanas.maml import TaskAdapter
 from lightning_metanas.meta_config import MetaConfig
 from lightning_metanas.module import MetaNASModule
-from lightning_metanas.search_space import Architecture, SearchSpace
 from bench.l2l_reference import l2l_adapt
-
-SPACE = SearchSpace(widths=(8, 16), depths=(2, 3))
-ARCHS = [
-    Architecture(("conv3x3", "sep_conv3x3", "max_pool3x3"), (16, 8, 16)),
-    Architecture(("conv5x5", "dil_conv3x3"), (8, 16)),
-    # skip 16 -> 16 is the identity: its projection is in parameters_of but never read
-    Architecture(("conv3x3", "skip", "avg_pool3x3"), (16, 16, 8)),
-]
-MODES = ("first_order", "second_order", "finite_difference")
-
-
-def _supernet(dtype=torch.float32, seed=0):
-    from lightning_metanas.supernet import SuperNet
-
-    torch.manual_seed(seed)
-    return SuperNet(SPACE, ways=5, in_channels=1).to(dtype)
-
-
-def _task(seed=0, ways=5, shots=1, queries=3, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    xs = torch.randn(ways * shots, 1, 14, 14, generator=g, dtype=dtype)
-    xq = torch.randn(ways * queries, 1, 14, 14, generator=g, dtype=dtype)
-    return (xs, torch.arange(ways).repeat(shots)), (xq, torch.arange(ways).repeat(queries))
-
-
-def _flat(grads):
-    return torch.cat([g.flatten() for g in grads if g is not None])
-
+from tests.helpers import ARCHS, MODES, SPACE, flat, one_task, small_supernet, task_batch
 
 def _cos(a, b):
     return F.cosine_similarity(a, b, dim=0).item()
@@ -65,15 +37,15 @@ def _cos(a, b):
 
 @pytest.mark.parametrize("arch", ARCHS, ids=str)
 def test_finite_difference_matches_second_order_far_better_than_first_order(arch):
-    net = _supernet(torch.float64)
+    net = small_supernet(torch.float64)
     adapter = TaskAdapter(net, inner_lr=0.4, fd_epsilon=1e-6)
-    support, query = _task(seed=2, dtype=torch.float64)
+    support, query = one_task(seed=2, dtype=torch.float64)
     grads = {
         mode: adapter.meta_gradient(arch, support, query, steps=3, mode=mode) for mode in MODES
     }
     none = {mode: [g is None for g in r.grads] for mode, r in grads.items()}
     assert none["finite_difference"] == none["second_order"] == none["first_order"]
-    so, fd, fo = (_flat(grads[m].grads) for m in ("second_order", "finite_difference", "first_order"))
+    so, fd, fo = (flat(grads[m].grads) for m in ("second_order", "finite_difference", "first_order"))
     fd_gap, fo_gap = 1 - _cos(fd, so), 1 - _cos(fo, so)
     assert fd_gap < 1e-6, fd_gap
     assert ((fd - so).norm() / so.norm()).item() < 1e-5
@@ -88,10 +60,10 @@ def test_finite_difference_is_central_differences_at_the_stated_epsilon():
     """One inner step by hand: (I - lr H) v with H v from g(theta +- eps v), eps = c / ||v||."""
     from torch.func import functional_call
 
-    net = _supernet(torch.float64)
+    net = small_supernet(torch.float64)
     arch = ARCHS[1]
     lr, c = 0.3, 1e-3
-    support, query = _task(seed=5, dtype=torch.float64)
+    support, query = one_task(seed=5, dtype=torch.float64)
     used = net.parameters_of(arch)
     names = [n for n, _ in used]
     theta = [p.detach() for _, p in used]
@@ -103,7 +75,7 @@ def test_finite_difference_is_central_differences_at_the_stated_epsilon():
 
     adapted = [t - lr * g for t, g in zip(theta, grad_at(theta, support))]
     v = grad_at(adapted, query)
-    eps = c / torch.linalg.vector_norm(_flat(v)).item()
+    eps = c / torch.linalg.vector_norm(flat(v)).item()
     plus = grad_at([t + eps * d for t, d in zip(theta, v)], support)
     minus = grad_at([t - eps * d for t, d in zip(theta, v)], support)
     expected = [d - lr * (gp - gm) / (2 * eps) for d, gp, gm in zip(v, plus, minus)]
@@ -117,9 +89,9 @@ def test_finite_difference_is_central_differences_at_the_stated_epsilon():
 
 @pytest.mark.parametrize("mode", MODES)
 def test_unused_paths_get_no_gradient_in_every_mode(mode):
-    net = _supernet()
+    net = small_supernet()
     arch = ARCHS[2]
-    support, query = _task(seed=1)
+    support, query = one_task(seed=1)
     result = TaskAdapter(net, 0.4).meta_gradient(arch, support, query, steps=2, mode=mode)
     used = [n for n, _ in net.parameters_of(arch)]
     names = {id(p): n for n, p in net.named_parameters()}
@@ -133,9 +105,9 @@ def test_unused_paths_get_no_gradient_in_every_mode(mode):
 
 @pytest.mark.parametrize("mode", ["first_order", "second_order"])
 def test_meta_gradient_equals_learn2learn_clone_adapt(mode):
-    net = _supernet()
+    net = small_supernet()
     arch = ARCHS[0]
-    support, query = _task(seed=3)
+    support, query = one_task(seed=3)
     result = TaskAdapter(net, 0.3).meta_gradient(arch, support, query, steps=3, mode=mode)
     names = {id(p): n for n, p in net.named_parameters()}
     got = {names[id(p)]: g for p, g in zip(result.params, result.grads) if g is not None}
@@ -145,16 +117,16 @@ def test_meta_gradient_equals_learn2learn_clone_adapt(mode):
     expected = {n: p.grad for n, p in net.named_parameters() if p.grad is not None}
 
     assert got.keys() == expected.keys()
-    a, b = _flat(got.values()), _flat(expected.values())
+    a, b = flat(got.values()), flat(expected.values())
     assert ((a - b).norm() / b.norm()).item() < 1e-5
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5)
 
 
 def test_evaluate_equals_learn2learn_adaptation():
-    net = _supernet()
+    net = small_supernet()
     arch = ARCHS[1]
-    support, query = _task(seed=4, queries=5)
+    support, query = one_task(seed=4, queries=5)
     adapter = TaskAdapter(net, 0.3)
     result = adapter.evaluate(arch, support, query, steps=3)
     learner = l2l_adapt(net, arch, *support, steps=3, lr=0.3, create_graph=False)
@@ -163,14 +135,6 @@ def test_evaluate_equals_learn2learn_adaptation():
     torch.testing.assert_close(result.loss, F.cross_entropy(logits, query[1]), rtol=1e-5, atol=1e-6)
     assert result.accuracy == (logits.argmax(-1) == query[1]).float().mean()
     assert all(p.grad is None for p in net.parameters())  # evaluation leaves no gradient
-
-
-def _batch(tasks=3, seed=0):
-    pairs = [_task(seed=seed + t, queries=2) for t in range(tasks)]
-    return tuple(
-        torch.stack([part for part in column])
-        for column in zip(*[(s[0], s[1], q[0], q[1]) for s, q in pairs])
-    )
 
 
 def _module(mode, train_arch=None):
@@ -186,7 +150,7 @@ def _module(mode, train_arch=None):
 @pytest.mark.parametrize("mode", MODES)
 def test_training_step_returns_a_surrogate_of_the_mean_query_loss(mode):
     module = _module(mode)
-    batch = _batch()
+    batch = task_batch()
     with pytest.warns(UserWarning, match="self.log"):  # no Trainer attached
         out = module.training_step(batch, 0)
     assert out.dim() == 0
@@ -224,7 +188,7 @@ def test_training_step_returns_a_surrogate_of_the_mean_query_loss(mode):
 def test_second_order_training_step_gradient_equals_the_mean_meta_loss_gradient():
     """The surrogate route gives what one backward through all task graphs would."""
     module = _module("second_order", train_arch=None)
-    batch = _batch(seed=7)
+    batch = task_batch(seed=7)
     with pytest.warns(UserWarning):
         module.training_step(batch, 0).backward()
     got = {n: p.grad.clone() for n, p in module.supernet.named_parameters() if p.grad is not None}
@@ -254,13 +218,13 @@ def test_meta_config_validates_the_new_settings():
     with pytest.raises(ValueError, match="finite_difference"):
         MetaConfig(meta_gradient="third_order")
     with pytest.raises(ValueError, match="fd_epsilon"):
-        TaskAdapter(_supernet(), 0.1, fd_epsilon=-1.0)
+        TaskAdapter(small_supernet(), 0.1, fd_epsilon=-1.0)
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_meta_batch_gradient_is_the_sum_of_task_meta_gradients_on_threads_or_not(mode):
-    net = _supernet()
-    batch = _batch(tasks=5, seed=11)
+    net = small_supernet()
+    batch = task_batch(tasks=5, seed=11)
     archs = [ARCHS[t % len(ARCHS)] for t in range(5)]
     threads_before = torch.get_num_threads()
     parallel = TaskAdapter(net, 0.3, workers=2).meta_batch_gradient(archs, batch, 2, mode)
@@ -289,9 +253,9 @@ def test_meta_batch_gradient_is_the_sum_of_task_meta_gradients_on_threads_or_not
 def test_adapter_pickles_after_using_threads():
     import pickle
 
-    net = _supernet()
+    net = small_supernet()
     adapter = TaskAdapter(net, 0.3, workers=2)
-    batch = _batch(tasks=2)
+    batch = task_batch(tasks=2)
     adapter.meta_batch_gradient([ARCHS[0]] * 2, batch, steps=1, mode="first_order")
     clone = pickle.loads(pickle.dumps(adapter))
     assert clone.threads._pool is None  # threads are per process: started again on first use
@@ -305,11 +269,11 @@ def test_module_deepcopies_and_pickles_with_its_adapter():
 
     module = _module("first_order")
     with pytest.warns(UserWarning):
-        module.training_step(_batch(), 0)  # starts the worker threads
+        module.training_step(task_batch(), 0)  # starts the worker threads
     for clone in (copy.deepcopy(module), pickle.loads(pickle.dumps(module))):
         assert clone.adapter.supernet is clone.supernet
         with pytest.warns(UserWarning):
-            assert torch.isfinite(clone.training_step(_batch(), 0))
+            assert torch.isfinite(clone.training_step(task_batch(), 0))
 
 
 def test_inner_loop_reproduces_its_recorded_numbers_on_every_way_of_running_tasks():

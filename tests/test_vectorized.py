@@ -20,15 +20,7 @@ from lightning_metanas.parallel import Unit
 from lightning_metanas.meta_config import MetaConfig
 from lightning_metanas.module import MetaNASModule
 from lightning_metanas.scoring import score_architectures
-from tests.test_meta_gradients import ARCHS, MODES, SPACE, _batch, _flat, _supernet
-
-# tasks grouped by architecture, not contiguously: stacks are gathered and scattered back
-GROUPED = [ARCHS[0], ARCHS[1], ARCHS[0], ARCHS[2], ARCHS[1], ARCHS[0]]
-
-
-def _double(batch):
-    return tuple(t.double() if t.is_floating_point() else t for t in batch)
-
+from tests.helpers import ARCHS, GROUPED, MODES, SPACE, as_double, flat, small_supernet, task_batch
 
 def _adapters(net, **kwargs):
     per_task = TaskAdapter(net, 0.3, fd_epsilon=1e-6, workers=1, vectorize=False, **kwargs)
@@ -39,8 +31,8 @@ def _adapters(net, **kwargs):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("chunk", [64, 2], ids=["one stack per arch", "stacks of 2"])
 def test_vectorized_meta_batch_gradient_equals_the_per_task_path(mode, chunk):
-    net = _supernet(torch.float64)
-    batch = _double(_batch(tasks=len(GROUPED), seed=21))
+    net = small_supernet(torch.float64)
+    batch = as_double(task_batch(tasks=len(GROUPED), seed=21))
     per_task, vectorized = _adapters(net, max_vectorized_tasks=chunk)
     a = per_task.meta_batch_gradient(GROUPED, batch, 2, mode)
     b = vectorized.meta_batch_gradient(GROUPED, batch, 2, mode)
@@ -48,7 +40,7 @@ def test_vectorized_meta_batch_gradient_equals_the_per_task_path(mode, chunk):
     torch.testing.assert_close(b.losses, a.losses, rtol=1e-9, atol=0)
     assert torch.equal(b.accuracies, a.accuracies)
     if mode == "finite_difference":
-        x, y = _flat(b.grads.values()), _flat(a.grads[p] for p in b.grads)
+        x, y = flat(b.grads.values()), flat(a.grads[p] for p in b.grads)
         assert ((x - y).norm() / y.norm()).item() < 1e-6
     else:
         for p, g in a.grads.items():
@@ -56,7 +48,7 @@ def test_vectorized_meta_batch_gradient_equals_the_per_task_path(mode, chunk):
 
 
 def test_units_group_tasks_by_architecture_in_order_of_first_use():
-    net = _supernet()
+    net = small_supernet()
     per_task, vectorized = _adapters(net, max_vectorized_tasks=2)
     cpu = torch.device("cpu")
     assert per_task.units(GROUPED, cpu) == [Unit(a, (t,)) for t, a in enumerate(GROUPED)]
@@ -70,8 +62,8 @@ def test_units_group_tasks_by_architecture_in_order_of_first_use():
 
 @pytest.mark.parametrize("arch", ARCHS, ids=str)
 def test_vectorized_evaluation_and_scoring_give_the_same_accuracies(arch):
-    net = _supernet(torch.float64)
-    tasks = _double(_batch(tasks=5, seed=31))
+    net = small_supernet(torch.float64)
+    tasks = as_double(task_batch(tasks=5, seed=31))
     per_task, vectorized = _adapters(net, max_vectorized_tasks=3)
     a, b = per_task.evaluate_tasks(arch, tasks, 3), vectorized.evaluate_tasks(arch, tasks, 3)
     assert a.accuracy.shape == (5,) and torch.equal(a.accuracy, b.accuracy)
@@ -86,8 +78,8 @@ def test_vectorized_evaluation_and_scoring_give_the_same_accuracies(arch):
 def test_batchnorm_statistics_stay_per_task():
     """A stack of tasks gives each task the logits it gets alone, not those of one batch of
     all their images (the BatchNorm statistics would then be pooled)."""
-    net = _supernet(torch.float64)
-    arch, (x, _, _, _) = ARCHS[0], _double(_batch(tasks=3, seed=41))
+    net = small_supernet(torch.float64)
+    arch, (x, _, _, _) = ARCHS[0], as_double(task_batch(tasks=3, seed=41))
     x = x * torch.tensor([1.0, 3.0, -2.0], dtype=torch.float64).view(3, 1, 1, 1, 1)  # unlike tasks
     adapter = TaskAdapter(net, 0.3)
     alone, params = adapter.subnet(arch)
@@ -111,7 +103,7 @@ def test_tasks_per_arch_shares_each_draw_between_consecutive_tasks():
     assert archs[0:3] == [archs[0]] * 3 and archs[3:6] == [archs[3]] * 3 and len(archs) == 7
     assert [archs[0], archs[3], archs[6]] == three.sampler.sample_batch(three.step_rng(), 3)
 
-    batch = _batch(tasks=6, seed=3)
+    batch = task_batch(tasks=6, seed=3)
     steps = {}
     for vectorize in (False, True):
         m = module(3, vectorize)
@@ -134,7 +126,7 @@ def test_meta_config_checks_the_vectorisation_settings():
 
 
 def test_channels_last_is_chosen_per_device():
-    net = _supernet()
+    net = small_supernet()
     x = torch.randn(5, 1, 14, 14)
     assert TaskAdapter(net, 0.3).in_memory_layout(x).stride(1) == 1  # CPU default: channels-last
     assert TaskAdapter(net, 0.3, channels_last=False).in_memory_layout(x) is x
@@ -164,8 +156,8 @@ def _record_settings(monkeypatch):
 
 @pytest.mark.parametrize("vectorize", [False, True])
 def test_finite_differences_run_in_ieee_float32_and_restore_the_settings(monkeypatch, tf32_state, vectorize):
-    net = _supernet()
-    batch = _batch(tasks=2, seed=5)
+    net = small_supernet()
+    batch = task_batch(tasks=2, seed=5)
     torch.set_float32_matmul_precision("high")  # a user's legacy setting: TF32 matmuls
     before = precision.tf32_settings()
     assert before != precision.IEEE
@@ -194,8 +186,8 @@ def test_ieee_scope_nests_across_threads_and_survives_errors(tf32_state):
     with pytest.raises(RuntimeError, match="boom"), precision.ieee_float32():
         raise RuntimeError("boom")
     assert precision.tf32_settings() == before
-    net = _supernet()
-    TaskAdapter(net, 0.3, workers=2).meta_batch_gradient(ARCHS * 2, _batch(tasks=6), 2, "finite_difference")
+    net = small_supernet()
+    TaskAdapter(net, 0.3, workers=2).meta_batch_gradient(ARCHS * 2, task_batch(tasks=6), 2, "finite_difference")
     assert precision.tf32_settings() == before
 
 
@@ -218,8 +210,8 @@ def _counting_host_reads(monkeypatch):
 
 @pytest.mark.parametrize("vectorize", [False, True])
 def test_finite_differences_read_nothing_back_to_the_host(monkeypatch, vectorize):
-    net = _supernet()
-    batch = _batch(tasks=3, seed=8)
+    net = small_supernet()
+    batch = task_batch(tasks=3, seed=8)
     adapter = TaskAdapter(net, 0.3, workers=1, vectorize=vectorize)
     with _counting_host_reads(monkeypatch) as counts:
         result = adapter.meta_batch_gradient([ARCHS[1]] * 3, batch, 5, "finite_difference")
@@ -228,10 +220,10 @@ def test_finite_differences_read_nothing_back_to_the_host(monkeypatch, vectorize
 
 
 def test_finite_difference_passes_v_through_where_its_norm_is_zero_or_not_finite():
-    net = _supernet(torch.float64)
+    net = small_supernet(torch.float64)
     adapter = TaskAdapter(net, 0.3)
     forward, params = adapter.subnet(ARCHS[1])
-    x, y = _double(_batch(tasks=1))[:2]
+    x, y = as_double(task_batch(tasks=1))[:2]
     theta = [p.detach() for p in params]
     zero = [torch.zeros_like(p) for p in theta]
     assert all(torch.equal(a, b) for a, b in zip(fd_vjp(forward, theta, zero, (x[0], y[0]), 0.3, 1e-5), zero))
