@@ -119,7 +119,7 @@ BAD_SETTINGS = [
     ("ways_more_than_omniglot_classes", ["--data.dataset=omniglot", "--data.ways=101"],
      ["data.ways=101", "100 classes of the Omniglot val split", "use data.ways <= 100"]),
     ("shots_plus_queries_more_than_drawings", ["--data.shots=10", "--data.queries=11"],
-     ["data.shots + data.queries = 10 + 11 = 21", "20 images per class"]),
+     ["every synthetic class has 20 images", "data.shots + data.queries = 10 + 11 = 21"]),
     ("unknown_operation", ["--model.search_space.ops=[conv3x3,conv9x9]"],
      ["unknown operation(s) ['conv9x9']", "conv3x3"]),
     ("inner_lr_zero", ["--model.meta.inner_lr=0"], ["model.meta.inner_lr must be a finite number > 0"]),
@@ -738,7 +738,7 @@ def test_each_generation_is_its_own_step_in_csv_and_tensorboard_and_stdout_has_l
     with open(run_dir / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get("search/generation")]
     assert [float(r["search/generation"]) for r in rows] == [0.0, 1.0, 2.0]
-    assert {r["epoch"] for r in rows} == {"0.0"}  # all three at the end of the first epoch
+    assert {r["epoch"] for r in rows} == {"0"}  # all three at the end of the first epoch
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0}).Reload()
     assert [e.step for e in events.Scalars("search/best_score")] == [0, 1, 2]
     assert "search/search_curve" in events.Tags()["images"]

@@ -3,7 +3,8 @@ data module. ``registry.DATASETS`` lists them; ``images.py`` decodes and caches 
 
 from .errors import DataError, DataNotFoundError
 from .images import ImageStore, LabelledImages, Listing, decode_images
-from .omniglot import list_omniglot, load_omniglot, omniglot_split, split_class_ids
+from .omniglot import list_omniglot, load_omniglot, omniglot_split
+from .splits import SPLITS, labels_from_sizes, split_class_ids
 from .folder import (
     IMAGE_SUFFIXES,
     list_image_folder,
@@ -36,10 +37,12 @@ __all__ = [
     "LabelledImages",
     "Listing",
     "RandomClassRotation90",
+    "SPLITS",
     "Task",
     "check_task_settings",
     "decode_images",
     "list_image_folder",
+    "labels_from_sizes",
     "list_omniglot",
     "load_image_folder",
     "load_omniglot",

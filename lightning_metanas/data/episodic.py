@@ -38,9 +38,9 @@ from lightning_metanas.seeding import seed_of
 from .errors import DataError, DataNotFoundError
 from .images import ImageStore, LabelledImages, Splits, decode_images
 from .registry import DATASETS, DatasetSpec
+from .splits import SPLITS, labels_from_sizes
 from .transforms import RandomClassRotation90
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 TaskKey = Union[int, tuple[int, int]]
 
 
@@ -88,20 +88,24 @@ def check_task_settings(
 ) -> None:
     """Every split has at least ``ways`` classes and every class ``shots + queries`` images;
     else ``DataError`` naming the split or the class (by name and label)."""
-    needed = shots + queries
     for split, class_ids in splits.items():
-        if ways > len(class_ids):
-            raise DataError(
-                f"data.ways={ways} is more than the {len(class_ids)} classes of the {title} "
-                f"{split} split; use data.ways <= {len(class_ids)}"
-            )
-        for c in class_ids:
-            if class_sizes[c] < needed:
-                raise DataError(
-                    f"{title} class {class_names[c]!r} (label {c}, {split} split) has "
-                    f"{class_sizes[c]} images, fewer than data.shots + data.queries = "
-                    f"{shots} + {queries} = {needed}"
-                )
+        smallest = min(class_ids, key=lambda c: class_sizes[c], default=None)
+        described = ("no class", 0) if smallest is None else (
+            f"{title} class {class_names[smallest]!r} (label {smallest}, {split} split)", class_sizes[smallest])
+        check_counts(title, split, len(class_ids), ways, shots, queries, described)
+
+
+def check_counts(title: str, split: str, classes: int, ways: int, shots: int, queries: int,
+                 smallest: tuple[str, int], queries_flag: str = "data.queries") -> None:
+    """The one check of a task distribution's sizes: ``ways`` classes in the split, and
+    ``shots + queries`` images in its smallest class (``smallest``: how to name it, its size)."""
+    if ways > classes:
+        raise DataError(f"data.ways={ways} is more than the {classes} classes of the {title} {split} split; "
+                        f"use data.ways <= {classes}")
+    name, size = smallest
+    if shots + queries > size:
+        raise DataError(f"{name} has {size} images, fewer than data.shots + {queries_flag} = {shots} + {queries} = "
+                        f"{shots + queries}; lower data.shots or {queries_flag}")
 
 
 class _SplitImages(Dataset):
@@ -167,11 +171,8 @@ class EpisodicTaskDataset(Dataset):
         """The same split and seeds with another number of query images per class and of
         tasks (e.g. lower-noise scoring tasks); ``setting`` names the flag in errors."""
         fewest = min(len(self._positions[c]) for c in self.class_ids)
-        if self.shots + queries > fewest:
-            raise DataError(
-                f"{setting}={queries}: shots + queries = {self.shots + queries} is more than the "
-                f"{fewest} images of the smallest {self.split} class; use {setting} <= {fewest - self.shots}"
-            )
+        check_counts("", self.split, len(self.class_ids), self.ways, self.shots, queries,
+                     (f"{setting}={queries}: the smallest {self.split} class", fewest), setting)
         other = copy.copy(self)
         other.queries, other.num_tasks, other._taskset = queries, num_tasks, None
         return other
@@ -391,20 +392,9 @@ class EpisodicDataModule(pl.LightningDataModule):
         title = self.spec.title
         if self.spec.layout is not None:  # sizes known before reading: fail before any file is opened
             split_sizes, per_class = self.spec.layout
-            fewest = min(split_sizes)
-            if self.ways > fewest:
-                split = SPLITS[split_sizes.index(fewest)]
-                raise DataError(
-                    f"data.ways={self.ways} is more than the {fewest} classes of the {title} "
-                    f"{split} split (splits: {'/'.join(map(str, split_sizes))} classes); "
-                    f"use data.ways <= {fewest}"
-                )
-            if self.shots + self.queries > per_class:
-                raise DataError(
-                    f"data.shots + data.queries = {self.shots} + {self.queries} = "
-                    f"{self.shots + self.queries} is more than the {per_class} images per class "
-                    f"of {title}; lower data.shots or data.queries"
-                )
+            for split, classes in zip(SPLITS, split_sizes):
+                check_counts(title, split, classes, self.ways, self.shots, self.queries,
+                             (f"every {title} class", per_class))
         if self.spec.read is not None:
             root = Path(self.root).expanduser()
             if not root.is_dir():
@@ -442,7 +432,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         if spec.generate is None:
             cache_dir = self.cache_dir or Path(self.root).expanduser() / ".cache"
             store = decode_images(listing, self.dataset, self.image_size, channels, self.invert, cache_dir)
-            labels = torch.arange(len(sizes)).repeat_interleave(torch.tensor(sizes))
+            labels = labels_from_sizes(sizes)
             data = LabelledImages(store, labels, names)
         self._data, self._class_splits = data, splits
         return data

@@ -31,9 +31,9 @@ from lightning_metanas.errors import require_int
 
 from .errors import DataError, DataNotFoundError
 from .images import LabelledImages, Listing, PathLike, decode_images, fingerprint_files
+from .splits import SPLITS, labels_from_sizes
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 LAYOUTS = (
     "split folders root/{train,val,test}/<class>/<image>, or the CSV layout root/images/<file> "
     "with root/{train,val,test}.csv (header filename,label)"
@@ -245,8 +245,7 @@ def load_image_folder(
     store = decode_images(listing, "folder", image_size, channels, invert)
     if mean is not None and std is not None:
         store = store.normalized(mean, std)
-    labels = torch.arange(len(listing.class_sizes)).repeat_interleave(torch.tensor(listing.class_sizes))
-    return LabelledImages(store.tensor(), labels, listing.class_names)
+    return LabelledImages(store.tensor(), labels_from_sizes(listing.class_sizes), listing.class_names)
 
 
 def split_image_folder(

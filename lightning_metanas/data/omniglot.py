@@ -13,19 +13,18 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import random
 import warnings
 import zipfile
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
-import torch
 
 from lightning_metanas.errors import require_int
 
 from .errors import DataError, DataNotFoundError
 from .images import LabelledImages, Listing, PathLike, decode_images
+from .splits import labels_from_sizes, proportional_split_sizes, split_class_ids
 
 ZIP_NAMES: tuple[str, ...] = ("images_background.zip", "images_evaluation.zip")
 NUM_CLASSES = 1623
@@ -37,47 +36,6 @@ ROOT_HINT = (
     f"(looked for {' and '.join(ZIP_NAMES)} there); set --data.root (data.root in a config "
     "file) to the folder that holds them"
 )
-
-
-# ---------------------------------------------------------------------------------------
-# Class splits
-# ---------------------------------------------------------------------------------------
-def split_class_ids(
-    num_classes: int, sizes: Sequence[int], seed: int = 0
-) -> tuple[list[int], ...]:
-    """Shuffle ``0..num_classes-1`` with ``random.Random(seed)`` and cut it into ``sizes``.
-
-    Same mechanism as learn2learn's benchmark (shuffle, then cut in order), but with a private
-    generator so the split does not depend on, or disturb, the global ``random`` state.
-    """
-    if sum(sizes) != num_classes or any(s < 1 for s in sizes):
-        raise DataError(
-            f"cannot split {num_classes} classes into splits of sizes {list(sizes)}: "
-            "each split needs at least one class and the sizes must add up"
-        )
-    ids = list(range(num_classes))
-    random.Random(seed).shuffle(ids)
-    out, start = [], 0
-    for size in sizes:
-        out.append(ids[start : start + size])
-        start += size
-    return tuple(out)
-
-
-def proportional_split_sizes(
-    num_classes: int, fractions: Sequence[float]
-) -> tuple[int, ...]:
-    """Split sizes for ``num_classes`` in the given proportions; the first split takes the rest.
-
-    Every split keeps at least one class, so small datasets still get validation/test classes.
-    """
-    rest = [max(1, round(num_classes * f)) for f in fractions[1:]]
-    first = num_classes - sum(rest)
-    if first < 1:
-        raise DataError(
-            f"{num_classes} classes are too few to split in proportions {list(fractions)}"
-        )
-    return (first, *rest)
 
 
 def omniglot_split(
@@ -144,8 +102,7 @@ def load_omniglot(
     listing = list_omniglot(root)
     cache_dir = Path(root).expanduser() / CACHE_FOLDER if cache else None
     store = decode_images(listing, "omniglot", image_size, channels=1, invert=True, cache_dir=cache_dir)
-    labels = torch.arange(len(listing.class_sizes)).repeat_interleave(torch.tensor(listing.class_sizes))
-    return LabelledImages(store.tensor(), labels, listing.class_names)
+    return LabelledImages(store.tensor(), labels_from_sizes(listing.class_sizes), listing.class_names)
 
 
 class _Member(NamedTuple):

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from lightning_metanas.errors import require_int
 
 from .errors import DataError
-from .omniglot import LabelledImages, proportional_split_sizes, split_class_ids
+from .images import LabelledImages
+from .splits import proportional_split_sizes, split_class_ids
 
 SPLIT_FRACTIONS: tuple[float, float, float] = (0.6, 0.2, 0.2)
 NUM_CLASSES = 60
