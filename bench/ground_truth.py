@@ -55,7 +55,7 @@ from lightning_metanas.zero_cost import SIZE_RULES, best_in_budget  # noqa: E402
 V1 = ROOT / "bench/ground_truth/omniglot_5w1s.json"
 ARCHS = ROOT / "bench/ground_truth/omniglot_5w1s_v2_archs.json"
 OUT = ROOT / "bench/ground_truth/omniglot_5w1s_v2.json"
-# The three cost budgets of the budgeted search (issue 19). Latency is relative to Conv-4 on the
+# The three cost budgets of the budgeted search. Latency is relative to Conv-4 on the
 # same machine: a third of Conv-4's is below the fastest architecture of the space here (0.37x:
 # per-layer overhead dominates one-image inference on CPU), so the budget is half of it.
 BUDGETS = {"flops3M": {"max_flops": 3_000_000}, "params40k": {"max_params": 40_000},
@@ -63,7 +63,7 @@ BUDGETS = {"flops3M": {"max_flops": 3_000_000}, "params40k": {"max_params": 40_0
 
 
 # The searched arms of RESULTS.md (seed 0 and 1 of the four settings), and the pick of the
-# 5-way 1-shot seed-0 search that the same command made on an AMD CPU (issue 11).
+# 5-way 1-shot seed-0 search that the same command made on an AMD CPU.
 PICKED = [
     "dil_conv3x3@48-max_pool3x3@64-avg_pool3x3@32",
     "dil_conv3x3@32-conv3x3@64-conv3x3@64-avg_pool3x3@64-conv3x3@32",

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytorch_lightning as pl
-import yaml
 from jsonargparse import lazy_instance
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
@@ -268,35 +267,18 @@ def build_cli(
     )
 
 
-# Before the search had a group of its own, it was the last of trainer.callbacks.
+# The search's settings live in their own group; a flag that reaches for the callback inside
+# trainer.callbacks gets one line naming the flag to use.
 _RETIRED_FLAG = re.compile(r"--trainer\.callbacks\.(?:init_args\.)?evolution\.([^=\s]+)")
-_RETIRED_CALLBACKS = ("callbacks.evolution.EvolutionCallback", "callbacks.tracking.SearchTrackingCallback")
 
 
 def reject_retired_search_settings(argv: list[str]) -> None:
-    """One line naming the new setting for the old way of setting the search, instead of
-    jsonargparse's page about a callback list: a ``--trainer.callbacks...evolution.<field>``
-    flag, or a config (an older run's config.yaml) that lists the search's callbacks."""
-    configs = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
-    configs += [b for a, b in zip(argv, argv[1:]) if a == "--config"]
+    """One line naming ``--search.<field>`` for a ``--trainer.callbacks...evolution.<field>``
+    flag, instead of jsonargparse's page about a callback list."""
     for arg in argv:
         found = _RETIRED_FLAG.match(arg)
         if found:
             raise SettingsError(f"{arg.split('=', 1)[0]} is now --search.{found.group(1)}")
-    for path in configs:
-        try:
-            config = yaml.safe_load(Path(path).read_text())
-        except (OSError, yaml.YAMLError):
-            continue  # not readable here: jsonargparse reports it
-        trainer = config.get("trainer") if isinstance(config, dict) else None
-        callbacks = trainer.get("callbacks") if isinstance(trainer, dict) else None
-        for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
-            if isinstance(callback, dict) and callback.get("class_path") in _RETIRED_CALLBACKS:
-                raise SettingsError(
-                    f"{path}: the search is no longer set in trainer.callbacks: move "
-                    "EvolutionCallback's init_args (its evolution settings and seed) to a top-level "
-                    "search: section and drop both search callbacks (see configs/search_quick.yaml)"
-                )
 
 
 # -- --ckpt_path ---------------------------------------------------------------------------

@@ -310,7 +310,7 @@ class TaskAdapter:
         return self.evaluate_norms(arch, support, query, steps, (norm,))[norm]
 
     # -- the dispatcher --------------------------------------------------------------------
-    def units(self, archs: Sequence[Architecture], device: torch.device) -> list[Unit]:
+    def task_schedule(self, archs: Sequence[Architecture], device: torch.device) -> list[Unit]:
         """How the tasks of a call run (``parallel.schedule``)."""
         return schedule(archs, self.vectorized(device), self.max_vectorized_tasks)
 
@@ -329,7 +329,7 @@ class TaskAdapter:
         losses: list[Optional[torch.Tensor]] = [None] * len(archs)
         accuracies = list(losses)
         total: dict[torch.nn.Parameter, torch.Tensor] = {}
-        units = self.units(archs, batch[0].device)
+        units = self.task_schedule(archs, batch[0].device)
 
         def work(u: int) -> TaskGradient:
             support_x, support_y, query_x, query_y = units[u].take(batch)
@@ -362,7 +362,7 @@ class TaskAdapter:
         """``evaluate_tasks`` under each of ``norms`` from one adaptation per task, task by task
         or vectorised in stacks."""
         results: dict[str, list[TaskResult]] = {norm: [] for norm in norms}
-        for unit in self.units([arch] * tasks[0].shape[0], tasks[0].device):
+        for unit in self.task_schedule([arch] * tasks[0].shape[0], tasks[0].device):
             support_x, support_y, query_x, query_y = unit.take(tasks)
             for norm, result in self.evaluate_norms(arch, (support_x, support_y), (query_x, query_y), steps, norms,
                                                     self.axis(unit)).items():

@@ -19,7 +19,7 @@ from lightning_metanas.errors import SettingsError, require_int
 from lightning_metanas.maml import TaskAdapter
 from lightning_metanas.meta_config import NORMS, MetaConfig
 from lightning_metanas.metrics import TaskAccuracy
-from lightning_metanas.samplers import SAMPLING_RULES, ArchitectureSampler, FixedSampler, SamplingRule, UniformSampler
+from lightning_metanas.samplers import SAMPLING_RULES, ArchitectureSampler, FixedSampler, SamplingRule, SpaceSampler
 from lightning_metanas.search_space import Architecture, ArchitectureError, SearchSpace
 from lightning_metanas.supernet import SuperNet
 
@@ -132,7 +132,7 @@ class MetaNASModule(pl.LightningModule):
     def _initial_sampler(self, train_arch: Optional[str]) -> ArchitectureSampler:
         if train_arch:
             return FixedSampler(self.load_architecture(train_arch))
-        return UniformSampler(self.space, rule=self.sampling)
+        return SpaceSampler(self.space, rule=self.sampling)
 
     def evaluated_architecture(self) -> Architecture:
         return self.eval_arch or self.sampler.best()
@@ -220,7 +220,7 @@ class MetaNASModule(pl.LightningModule):
         # checkpoint after a search); a resumed search re-installs its population sampler at
         # train start, and a fixed training architecture stays fixed.
         if "evaluated_arch" in checkpoint and not isinstance(self.sampler, FixedSampler):
-            self.sampler = UniformSampler(
+            self.sampler = SpaceSampler(
                 self.space, best=Architecture.from_dict(checkpoint["evaluated_arch"]), rule=self.sampling
             )
 

@@ -30,7 +30,7 @@ from lightning_metanas.search_space import Architecture
 SEARCH_CURVE = "search_curve.png"
 PREDICTED_VS_MEASURED = "predicted_vs_measured.png"
 ACCURACY_VS_SIZE = "accuracy_vs_{size}.png"  # size: params or flops
-BEST_ARCH = "best_arch.png"
+BEST_ARCH_PNG = "best_arch.png"
 TRAINING_CURVES = "training_curves.png"
 
 _OP_COLOURS = {
@@ -318,6 +318,6 @@ def write_search_plots(
     if best is not None:
         score = next((r["score"] for r in rows if Architecture.of(r["arch"]) == Architecture.of(best)), None)
         title = "Best architecture" + (f" (score {score:.3f})" if score is not None else "")
-        out["best_arch"] = plot_architecture(best, directory / BEST_ARCH, title=title, ways=ways,
+        out["best_arch"] = plot_architecture(best, directory / BEST_ARCH_PNG, title=title, ways=ways,
                                              input_shape=input_shape)
     return out

@@ -140,7 +140,7 @@ def ensure_plots(found: dict[str, Any], regenerate: bool = False) -> dict[str, P
         "predicted_vs_measured": out / plots.PREDICTED_VS_MEASURED,
         "accuracy_vs_params": out / plots.ACCURACY_VS_SIZE.format(size="params"),
         "accuracy_vs_flops": out / plots.ACCURACY_VS_SIZE.format(size="flops"),
-        "best_arch": out / plots.BEST_ARCH,
+        "best_arch": out / plots.BEST_ARCH_PNG,
     }
     if history or scored or best:
         missing = regenerate or not all(p.is_file() for p in expected.values())

@@ -72,8 +72,9 @@ class ArchitectureSampler(Protocol):
         """The architecture that validation and meta-test evaluate."""
 
 
-class UniformSampler:
-    """The whole space under a sampling rule, before any search has run (one-shot training).
+class SpaceSampler:
+    """The whole space under a sampling rule (``uniform``, ``fair`` or ``sandwich``), before any
+    search has run (one-shot training).
 
     ``best`` is what evaluation uses: the space's reference (Conv-4) unless told otherwise,
     e.g. the search's best restored from a checkpoint.

@@ -44,9 +44,6 @@ class Architecture:
     def to_dict(self) -> dict:
         return {"ops": list(self.ops), "widths": list(self.widths)}
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
     def __str__(self) -> str:
         return "-".join(f"{op}@{w}" for op, w in zip(self.ops, self.widths))
 

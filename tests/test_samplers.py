@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from lightning_metanas.samplers import PopulationSampler, UniformSampler, draw
+from lightning_metanas.samplers import PopulationSampler, SpaceSampler, draw
 from lightning_metanas.search_space import SearchSpace
 
 SPACE = SearchSpace()
@@ -60,7 +60,7 @@ def test_population_sampler_under_fair_rule_keeps_the_share_and_deals_members():
 
 
 def test_uniform_sampler_passes_its_rule_on():
-    sampler = UniformSampler(SPACE, rule="fair")
+    sampler = SpaceSampler(SPACE, rule="fair")
     assert sampler.sample_batch(random.Random(4), 14) == draw(SPACE, random.Random(4), 14, "fair")
     with pytest.raises(ValueError, match="sampling rule"):
         draw(SPACE, random.Random(0), 3, "round_robin")

@@ -41,8 +41,8 @@ def test_label_and_comparison_of_architectures_and_their_json():
 
 def test_json_round_trip_and_file(tmp_path):
     arch = Architecture(("conv3x3", "skip", "sep_conv3x3"), (32, 64, 48))
-    assert Architecture.from_json(arch.to_json()) == arch
-    assert json.loads(arch.to_json()) == {"ops": ["conv3x3", "skip", "sep_conv3x3"], "widths": [32, 64, 48]}
+    assert Architecture.from_json(json.dumps(arch.to_dict())) == arch
+    assert arch.to_dict() == {"ops": ["conv3x3", "skip", "sep_conv3x3"], "widths": [32, 64, 48]}
     path = tmp_path / "arch.json"
     arch.save(path)
     assert Architecture.load(path) == arch

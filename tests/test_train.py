@@ -223,20 +223,6 @@ def test_retired_search_flag_names_the_new_one(capsys, old, new):
     assert capsys.readouterr().err == f"error: {old.split('=')[0]} is now {new}\n"
 
 
-@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
-def test_retired_search_config_is_refused_with_what_to_move(tmp_path, capsys):
-    import train
-
-    old = tmp_path / "old.yaml"
-    old.write_text("trainer:\n  callbacks:\n  - class_path: callbacks.tracking.SearchTrackingCallback\n"
-                   "  - class_path: callbacks.evolution.EvolutionCallback\n    init_args:\n"
-                   "      evolution: {population_size: 4}\n")
-    assert train.cli_main([*SYNTHETIC, "--config", str(old)]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: {old}: the search is no longer set in trainer.callbacks") and err.count("\n") == 1
-    assert "top-level search: section" in err
-
-
 @pytest.mark.slow
 def test_help_answers_from_the_committed_text_which_equals_the_live_parsers():
     """``train.py --help`` prints docs/train_help.txt without importing Lightning; that file must

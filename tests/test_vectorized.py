@@ -51,8 +51,8 @@ def test_units_group_tasks_by_architecture_in_order_of_first_use():
     net = small_supernet()
     per_task, vectorized = _adapters(net, max_vectorized_tasks=2)
     cpu = torch.device("cpu")
-    assert per_task.units(GROUPED, cpu) == [Unit(a, (t,)) for t, a in enumerate(GROUPED)]
-    assert vectorized.units(GROUPED, cpu) == [
+    assert per_task.task_schedule(GROUPED, cpu) == [Unit(a, (t,)) for t, a in enumerate(GROUPED)]
+    assert vectorized.task_schedule(GROUPED, cpu) == [
         Unit(ARCHS[0], (0, 2)), Unit(ARCHS[0], (5,)), Unit(ARCHS[1], (1, 4)), Unit(ARCHS[2], (3,)),
     ]
     assert TaskAdapter(net, 0.3).vectorized(cpu) is False  # the CPU default: worker threads
