@@ -46,9 +46,9 @@ class MetaNASModule(pl.LightningModule):
         seed: seed of the per-task architecture sampling (offset by the DDP rank); ``None``:
             ``--seed_everything``'s (train.py), 0 when built directly.
         sampling: how a meta-batch's architectures are drawn from the space when no single
-            architecture is trained: ``uniform``, ``fair`` or ``sandwich`` (see
-            ``lightning_metanas.samplers``); the search's share of draws from the space uses
-            it too.
+            architecture is trained: ``fair`` (the default: it ranked architectures best,
+            RESULTS.md), ``uniform`` or ``sandwich`` (see ``lightning_metanas.samplers``); the
+            search's share of draws from the space uses it too.
         tasks_per_arch: meta-training tasks that share one sampled architecture (consecutive
             tasks of a meta-batch); 1: an architecture per task. Tasks that share an
             architecture run as one vectorised batch where ``meta.vectorize`` is on (on CUDA by
@@ -66,7 +66,7 @@ class MetaNASModule(pl.LightningModule):
         train_arch: Optional[str] = None,
         eval_arch: Optional[str] = None,
         seed: Optional[int] = None,
-        sampling: SamplingRule = "uniform",
+        sampling: SamplingRule = "fair",
         tasks_per_arch: int = 1,
     ) -> None:
         super().__init__()
