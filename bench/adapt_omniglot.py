@@ -1,156 +1,126 @@
-"""Adaptation to a new alphabet: warm-started vs from-scratch architecture search, same budget.
+"""Adaptation to new tasks of unseen Omniglot alphabets: the saved model's accuracy one image at
+a time (inductive) against the same adapted weights on a batch (transductive), for the
+meta-search's architecture and for a search on the task (warm-started and from scratch).
 
     .venv/bin/python bench/adapt_omniglot.py --ckpt_path runs/search_quick/version_0/checkpoints/last.ckpt
-    .venv/bin/python bench/adapt_omniglot.py --ckpt_path ... --budget 24 --seeds 0 1 2 --finetune_steps 100
-    .venv/bin/python bench/adapt_omniglot.py --ckpt_path ... --init_random   # adds a random-weights row
 
-The task: ONE Omniglot alphabet whose characters are all in the test split of the class split
-the checkpoint was meta-trained with (``omniglot_split(split_seed)``), i.e. never seen in
-meta-training: the first test alphabet (by name) with at least ``--min_characters`` test
-characters, or ``--alphabet``. Its 20 drawings per character are written as PNGs (dark ink on
-white paper, as in the original zips) into a temporary folder ``<character>/<drawing>.png``,
-and ``adapt.py --invert true`` reads them back with ink = 1, as meta-training saw them. Each
-character is one class (15 drawings train, 5 validation with the default ``--val_fraction``).
-
-Then ``adapt.py`` runs, one subprocess per run (the same start-up cost for every run; the
-times reported are measured inside), for every seed: warm start and from scratch (and
-``--init random`` with ``--init_random``), with the same budget and seed. Any flag this script
-does not know is passed on to ``adapt.py`` (e.g. ``--score_tasks 2``). Prints a markdown table
-per run and the mean over seeds.
+Each task: ``--ways`` characters of the checkpoint's *test* split (never meta-trained on), drawn
+with a seeded generator, ``--shots`` drawings per character to adapt on and ``--held_out`` to
+measure on. Per task and mode, ``lightning_metanas.adaptation.adapt`` runs (the code behind
+``adapt.py``), its model is saved and loaded back (``AdaptedModel``), and the loaded model
+classifies every held-out drawing alone. Modes: ``given`` (the checkpoint's architecture, as
+``adapt.py --model.eval_arch best_arch.json``), ``warm`` and ``scratch`` (a search of
+``--scorings`` on the task). Reports the mean over tasks with 95% intervals; writes
+``bench/adapt_omniglot/<name>.json``.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import warnings
-from collections import defaultdict
+import time
 from pathlib import Path
-
-import numpy as np
-import torch
-from PIL import Image
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import torch  # noqa: E402
+
+from bench.common import cpu_model, git_commit, save  # noqa: E402
+from lightning_metanas import seeding  # noqa: E402
+from lightning_metanas.adapted_model import AdaptedModel, Preprocessing  # noqa: E402
+from lightning_metanas.adaptation import FinetuneConfig, TaskSearchConfig, adapt  # noqa: E402
+from lightning_metanas.checkpoints import data_settings, read_checkpoint, search_state  # noqa: E402
 from lightning_metanas.data import load_omniglot, omniglot_split  # noqa: E402
-from lightning_metanas.search_space import Architecture  # noqa: E402
+from lightning_metanas.data.images import LabelledImages  # noqa: E402
+from lightning_metanas.module import MetaNASModule  # noqa: E402
+
+MODES = ("given", "warm", "scratch")
 
 
-def checkpoint_split_seed(ckpt_path: str) -> int:
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    for key, state in checkpoint.items():
-        if key.endswith("EpisodicDataModule") and isinstance(state, dict) and "settings" in state:
-            settings = state["settings"]
-            if settings.get("dataset") == "omniglot":
-                return int(settings.get("split_seed", 0))
+def mean_ci(values: list[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    return mean, (1.96 * statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0)
+
+
+def tasks(root: str, split_seed: int, count: int, ways: int, shots: int, held_out: int, seed: int):
+    """``count`` tasks of unseen test characters: (train, held-out) image sets."""
+    data = load_omniglot(root, image_size=28)
+    test_ids = omniglot_split(split_seed, data.num_classes)[2]
+    for t in range(count):
+        rng = seeding.rng(seed, "adapt_omniglot", t)
+        classes = rng.sample(test_ids, ways)
+        train, val, tr_labels, val_labels = [], [], [], []
+        for label, c in enumerate(classes):
+            drawings = data.images[data.labels == c]
+            order = rng.sample(range(len(drawings)), shots + held_out)
+            train.append(drawings[order[:shots]])
+            val.append(drawings[order[shots:]])
+            tr_labels += [label] * shots
+            val_labels += [label] * held_out
+        names = [data.class_names[c] for c in classes]
+        yield (LabelledImages(torch.cat(train), torch.tensor(tr_labels), names),
+               LabelledImages(torch.cat(val), torch.tensor(val_labels), names))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt_path", required=True)
+    parser.add_argument("--root", default="data/omniglot")
+    parser.add_argument("--tasks", type=int, default=20)
+    parser.add_argument("--ways", type=int, default=5)
+    parser.add_argument("--shots", type=int, default=5)
+    parser.add_argument("--held_out", type=int, default=5)
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--scorings", type=int, default=24)
+    parser.add_argument("--finetune_steps", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    checkpoint = read_checkpoint(args.ckpt_path)
+    split_seed = int((data_settings(checkpoint) or {}).get("split_seed", 0))
+    model = MetaNASModule.load_from_checkpoint(args.ckpt_path, map_location="cpu", weights_only=True)
+    state = search_state(checkpoint)
+    preprocessing = Preprocessing(28, 1, True)
+    rows: dict[str, list[dict]] = {m: [] for m in args.modes}
+    with tempfile.TemporaryDirectory() as tmp:
+        for t, (train, val) in enumerate(tasks(args.root, split_seed, args.tasks, args.ways, args.shots,
+                                               args.held_out, args.seed)):
+            for mode in args.modes:
+                start = time.time()
+                given = model.evaluated_architecture() if mode == "given" else None
+                search = TaskSearchConfig(scorings=args.scorings, warm_start=mode == "warm",
+                                          tasks_per_score=2, score_shots=max(1, args.shots - 2), score_queries=2)
+                result = adapt(model.supernet, model.meta, train, val, preprocessing, search,
+                               FinetuneConfig(steps=args.finetune_steps), state if mode == "warm" else None,
+                               given, seed=args.seed + t)
+                loaded = AdaptedModel.load(result.model.save(Path(tmp) / f"{mode}-{t}.pt"))
+                alone = torch.cat([loaded.logits(val.images[i : i + 1]) for i in range(len(val.labels))]).argmax(-1)
+                inductive = float((alone == val.labels).float().mean())
+                rows[mode].append({"task": t, "arch": str(result.arch), "inductive": inductive,
+                                   "transductive": result.val_acc_transductive, "seconds": round(time.time() - start, 1)})
+                print(f"task {t:2d} {mode:8s} one image at a time {100 * inductive:6.2f}%  as a batch "
+                      f"{100 * result.val_acc_transductive:6.2f}%  {result.arch}", flush=True)
+    summary = {}
+    print(f"\n{args.tasks} tasks, {args.ways}-way, {args.shots} drawings to adapt on, {args.held_out} held out per "
+          f"character (unseen test alphabets); checkpoint {args.ckpt_path}\n")
+    print("| architecture | one image at a time (saved model) | as one batch (transductive) | difference |")
+    print("|---|---|---|---|")
+    for mode, results in rows.items():
+        ind, tra = mean_ci([r["inductive"] for r in results]), mean_ci([r["transductive"] for r in results])
+        diff = mean_ci([r["inductive"] - r["transductive"] for r in results])
+        summary[mode] = {"inductive": ind, "transductive": tra, "difference": diff}
+        label = {"given": "the checkpoint's (meta-search's)", "warm": "searched on the task, warm start",
+                 "scratch": "searched on the task, from scratch"}[mode]
+        print(f"| {label} | {100 * ind[0]:.2f} ± {100 * ind[1]:.2f} | {100 * tra[0]:.2f} ± {100 * tra[1]:.2f} | "
+              f"{100 * diff[0]:+.2f} ± {100 * diff[1]:.2f} |")
+    out = Path(args.out) if args.out else ROOT / "bench/adapt_omniglot" / f"{Path(args.ckpt_path).parent.parent.parent.name}.json"
+    save(out, {"settings": vars(args), "summary": summary, "rows": rows, "commit": git_commit(), "machine": cpu_model(),
+               "command": "python bench/adapt_omniglot.py " + " ".join(argv if argv is not None else sys.argv[1:])})
     return 0
 
 
-def pick_alphabet(root: str, split_seed: int, min_characters: int, alphabet: str | None):
-    """(alphabet name, [(character name, [20 ink images])]) of one test alphabet."""
-    data = load_omniglot(root, image_size=28)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        test_ids = omniglot_split(split_seed, data.num_classes)[2]
-    by_alphabet: dict[str, list[int]] = defaultdict(list)
-    for c in sorted(test_ids):
-        zip_folder, alpha, _ = data.class_names[c].split("/")
-        by_alphabet[f"{zip_folder}/{alpha}"].append(c)
-    if alphabet is not None:
-        chosen = [a for a in by_alphabet if a == alphabet or a.split("/")[1] == alphabet]
-        if not chosen:
-            sys.exit(f"error: --alphabet {alphabet!r} has no test characters; test alphabets: "
-                     + ", ".join(sorted(by_alphabet)))
-        name = chosen[0]
-    else:
-        eligible = [a for a in sorted(by_alphabet) if len(by_alphabet[a]) >= min_characters]
-        if not eligible:
-            sys.exit(f"error: no test alphabet has >= {min_characters} characters")
-        name = eligible[0]
-    characters = []
-    for c in by_alphabet[name]:
-        images = data.images[data.labels == c]
-        characters.append((data.class_names[c].split("/")[-1], images))
-    return name, characters
-
-
-def write_folder(characters, folder: Path) -> None:
-    for character, images in characters:
-        (folder / character).mkdir(parents=True)
-        for i, ink in enumerate(images):
-            paper = np.round(255 * (1 - ink[0].numpy())).astype(np.uint8)  # dark ink on white
-            Image.fromarray(paper, mode="L").save(folder / character / f"{i:02d}.png")
-
-
-def run_adapt(args: list[str], out: Path) -> dict:
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, str(ROOT / "adapt.py"), *args, "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        sys.exit(f"adapt.py {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    print(proc.stdout.strip().splitlines()[-1], file=sys.stderr)
-    return json.loads(out.read_text())
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt_path", required=True)
-    parser.add_argument("--root", default="data/omniglot", help="Folder with the Omniglot zips.")
-    parser.add_argument("--alphabet", default=None, help="Test alphabet to use (default: the first with enough characters).")
-    parser.add_argument("--min_characters", type=int, default=10)
-    parser.add_argument("--budget", type=int, default=24)
-    parser.add_argument("--finetune_steps", type=int, default=100)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--init_random", action="store_true",
-                        help="Also run from-scratch search with random weights (--init random).")
-    args, passthrough = parser.parse_known_args()
-    if not Path(args.ckpt_path).is_file():
-        sys.exit(f"error: --ckpt_path {args.ckpt_path}: no such file")
-
-    split_seed = checkpoint_split_seed(args.ckpt_path)
-    name, characters = pick_alphabet(args.root, split_seed, args.min_characters, args.alphabet)
-    modes = {"warm start": ["--warm_start", "true"], "from scratch": ["--warm_start", "false"]}
-    if args.init_random:
-        modes["scratch, random weights"] = ["--warm_start", "false", "--init", "random"]
-    rows: dict[str, list[dict]] = defaultdict(list)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "task"
-        write_folder(characters, folder)
-        for seed in args.seeds:
-            for mode, flags in modes.items():
-                common = ["--ckpt_path", args.ckpt_path, "--data_root", str(folder), "--invert", "true",
-                          "--budget", str(args.budget), "--finetune_steps", str(args.finetune_steps),
-                          "--seed", str(seed), *passthrough]
-                rows[mode].append(run_adapt(common + flags, Path(tmp) / f"{mode}-{seed}.json"))
-
-    first = next(iter(rows.values()))[0]
-    print(f"\nTask: Omniglot alphabet {name} (test split of split_seed={split_seed}): "
-          f"{first['classes']} characters, {first['n_train']} train / {first['n_val']} validation "
-          f"drawings; budget {args.budget} scorings, {args.finetune_steps} fine-tuning steps; "
-          f"checkpoint {args.ckpt_path}\n")
-    print("| search | seed | validation acc. | search score | search s | fine-tune s | scorings | predictor used | architecture |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for mode, results in rows.items():
-        for r in results:
-            arch = Architecture.of(r["arch"])
-            print(f"| {mode} | {r['seed']} | {100 * r['val_acc']:.1f}% | {100 * r['search_score']:.1f}% | "
-                  f"{r['search_seconds']:.1f} | {r['finetune_seconds']:.1f} | {r['scorings']} | "
-                  f"{'yes' if r['predictor_used'] else 'no'} | {arch} |")
-    print("\n| search | mean validation acc. (± std over seeds) | mean search s | mean fine-tune s |")
-    print("| --- | --- | --- | --- |")
-    for mode, results in rows.items():
-        accs = [100 * r["val_acc"] for r in results]
-        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        print(f"| {mode} | {statistics.mean(accs):.1f}% ± {std:.1f} | "
-              f"{statistics.mean(r['search_seconds'] for r in results):.1f} | "
-              f"{statistics.mean(r['finetune_seconds'] for r in results):.1f} |")
-
-
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -19,20 +19,16 @@ against the budget's zero-cost pick, largest network, random network and oracle.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_model, git_commit, load, save  # noqa: E402
+from bench.common import cpu_model, git_commit, load, others_paused, save  # noqa: E402
 from bench.ground_truth import BUDGETS  # noqa: E402
 from bench.ranking import validation_tasks  # noqa: E402
 from lightning_metanas.costs import Budget, CostModel  # noqa: E402
@@ -43,26 +39,6 @@ from lightning_metanas.scoring import Scorer  # noqa: E402
 from lightning_metanas.search_config import SearchConfig  # noqa: E402
 
 OUT = ROOT / "bench/budget_search/omniglot_5w1s.json"
-
-
-@contextlib.contextmanager
-def others_paused(enabled: bool = True) -> Iterator[None]:
-    """SIGSTOP every other ``train.py``/``eval.py`` process of this user for the block (they
-    resume with SIGCONT afterwards, their results unchanged: only their wall time grows)."""
-    pids: list[int] = []
-    if enabled:
-        found = subprocess.run(["pgrep", "-u", str(os.getuid()), "-f", r"(train|eval)\.py"], capture_output=True, text=True)
-        pids = [int(p) for p in found.stdout.split() if int(p) != os.getpid()]
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGSTOP)
-        time.sleep(1.0)
-    try:
-        yield
-    finally:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
 
 
 def budget_of(name: str, conv4_ms: float) -> Budget:

@@ -7,9 +7,11 @@ continues with what is missing.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -19,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence, TypeVar
+from typing import Callable, Iterator, Optional, Sequence, TypeVar
 
 ROOT = Path(__file__).resolve().parents[1]
 T, R = TypeVar("T"), TypeVar("R")
@@ -58,6 +60,26 @@ def shown(command: list[str], root: Path = ROOT) -> str:
     """A command as a user would type it from the repository root."""
     words = ["python"] + [os.path.relpath(w, root) if w.startswith(str(root)) else w for w in command[1:]]
     return " ".join(words)
+
+
+@contextlib.contextmanager
+def others_paused(enabled: bool = True) -> Iterator[None]:
+    """SIGSTOP every other ``train.py``/``eval.py`` process of this user for the block (they
+    resume with SIGCONT afterwards, their results unchanged: only their wall time grows)."""
+    pids: list[int] = []
+    if enabled:
+        found = subprocess.run(["pgrep", "-u", str(os.getuid()), "-f", r"(train|eval)\.py"], capture_output=True, text=True)
+        pids = [int(p) for p in found.stdout.split() if int(p) != os.getpid()]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        time.sleep(1.0)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 def run_in_lanes(jobs: Sequence[T], run: Callable[[T], Optional[R]], record: Callable[[T, R], None], lanes: int) -> None:

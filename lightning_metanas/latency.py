@@ -18,7 +18,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -52,7 +52,7 @@ def latency_ms(
     return median_ms(net, x, warmup, repeats)
 
 
-def median_ms(module: torch.nn.Module, x: torch.Tensor, warmup: int, repeats: int) -> float:
+def median_ms(module: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, warmup: int, repeats: int) -> float:
     """Median wall time in milliseconds of ``module(x)`` on one thread, after ``warmup`` calls."""
     times = []
     with _LOCK, one_thread(), torch.inference_mode():
