@@ -12,7 +12,10 @@ the arms differ only in what they train:
   epochs, every generation at once, then the best alone);
 * ``search_<budget>`` / ``zero_cost_<budget>`` (5-way 1-shot): the search within a cost budget
   of ``bench/ground_truth.BUDGETS``, and the first choice of the zero-cost rule chosen on
-  validation over the whole space within that budget, trained alone.
+  validation over the whole space within that budget, trained alone;
+* ``<arm>_support`` (e.g. ``conv4_support``): the arm meta-trained and meta-tested with each
+  query image normalised by the adapted support images' statistics (``--model.meta.norm=support``),
+  the way a deployed model classifies one image at a time.
 
 Each run records its architecture's parameters, multiply-accumulates and one-image latency
 (its ratio to Conv-4 timed beside it, ``latency.latency_ms``; measured when the run ends, so
@@ -65,6 +68,8 @@ def arm_command(setting: str, arm: str, runs: Optional[Path] = None) -> list[str
         return config + ["--model.train_arch=largest"]
     if arm == "search":
         return config + ["--config", "configs/results/search.yaml", *SEARCH_FLAGS[setting]]
+    if arm.endswith("_support"):  # the same arm meta-trained and evaluated with support-set statistics
+        return arm_command(setting, arm.removesuffix("_support"), runs) + ["--model.meta.norm=support"]
     kind = next((k for k in ("search_", "zero_cost_") if arm.startswith(k)), "")
     budget = arm[len(kind):]
     if setting == "5w1s" and kind == "search_" and budget in BUDGET_FLAGS:
@@ -143,7 +148,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     order = {"20w5s": 0, "20w1s": 1, "5w5s": 2, "5w1s": 3}
     todo = sorted(
         ((s, a, seed) for seed in args.seeds for s in args.settings for a in args.arms
-         if (s, a, seed) not in done and (a in ARM_NAMES or s == "5w1s")),
+         if (s, a, seed) not in done and (a.removesuffix("_support") in ARM_NAMES or s == "5w1s")),
         key=lambda job: (job[2], order[job[0]], job[1]),
     )
     if args.list:
