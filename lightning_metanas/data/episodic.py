@@ -36,7 +36,7 @@ from lightning_metanas.errors import require_int
 from lightning_metanas.seeding import seed_of
 
 from .errors import DataError, DataNotFoundError
-from .images import ImageStore, LabelledImages, Splits, decode_images
+from .images import ImageStore, LabelledImages, Splits, decode_images, pixels_scaled
 from .registry import DATASETS, DatasetSpec
 from .splits import SPLITS, labels_from_sizes
 from .transforms import RandomClassRotation90
@@ -470,11 +470,12 @@ class EpisodicDataModule(pl.LightningDataModule):
             mean, std = data.images.channel_stats(train_ids)
             images = data.images.normalized(mean, std)
         else:
-            train = data.images[torch.isin(data.labels, torch.tensor(list(train_ids)))]
-            mean_t = train.mean(dim=(0, 2, 3))
-            std_t = train.std(dim=(0, 2, 3), unbiased=False).clamp_min(1e-12)
-            images = (data.images - mean_t[:, None, None]) / std_t[:, None, None]
+            train = data.images[torch.isin(data.labels, torch.tensor(list(train_ids)))].double()
+            var, mean_t = torch.var_mean(train, dim=(0, 2, 3), correction=0)
+            # the rule of ImageStore.channel_stats: a constant channel is only shifted
+            std_t = torch.where(var > 0, var.sqrt(), torch.ones_like(var))
             mean, std = mean_t.tolist(), std_t.tolist()
+            images = pixels_scaled(data.images, mean, std)
         self._normalization = {"mean": mean, "std": std}
         return LabelledImages(images, data.labels, data.class_names)
 

@@ -141,9 +141,14 @@ def pixels_to_float(pixels: np.ndarray, mean: Optional[Sequence[float]] = None,
     ``(x - mean) / std`` per channel when given: the one conversion of every image the networks
     see (training data, a task folder, a file handed to predict.py)."""
     x = torch.from_numpy(np.require(pixels, requirements=("C", "W"))).float().div_(255.0)
-    if mean is not None and std is not None:
-        x.sub_(torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)).div_(torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
-    return x
+    return x if mean is None or std is None else pixels_scaled(x, mean, std, inplace=True)
+
+
+def pixels_scaled(x: torch.Tensor, mean: Sequence[float], std: Sequence[float], inplace: bool = False) -> torch.Tensor:
+    """Float images ``(x - mean) / std`` per channel (the channel axis third from last)."""
+    shape = (-1, 1, 1)
+    mean_t, std_t = torch.tensor(mean, dtype=x.dtype).view(shape), torch.tensor(std, dtype=x.dtype).view(shape)
+    return x.sub_(mean_t).div_(std_t) if inplace else (x - mean_t) / std_t
 
 def _checked_mode(img: Image.Image, name: str) -> str:
     if img.mode in GRAY_MODES or img.mode in COLOUR_MODES:
