@@ -61,18 +61,21 @@ def read_checkpoint(path: str | Path, flag: str = "--ckpt_path") -> dict:
     return checkpoint
 
 
+DATA_MODULE = "EpisodicDataModule"  # Lightning's key of the data module's state in a checkpoint
+
+
 def data_state(checkpoint: dict) -> dict:
     """The data module's checkpoint state (``EpisodicDataModule.state_dict()``), or ``{}``."""
-    for key, state in checkpoint.items():
-        if key.endswith("EpisodicDataModule") and isinstance(state, dict) and "settings" in state:
-            return state
-    return {}
+    state = checkpoint.get(DATA_MODULE)
+    return state if isinstance(state, dict) else {}
 
 
 def data_settings(checkpoint: dict) -> Optional[dict]:
-    """The data module's constructor arguments, saved in its checkpoint state."""
-    settings = data_state(checkpoint).get("settings")
-    return dict(settings) if settings is not None else None
+    """The data module's constructor arguments: Lightning's ``datamodule_hyper_parameters``
+    (checkpoints written before the module saved them kept them in its state)."""
+    settings = checkpoint.get("datamodule_hyper_parameters") or data_state(checkpoint).get("settings")
+    # "_instantiator" and the like: LightningCLI's bookkeeping, not constructor arguments
+    return {k: v for k, v in settings.items() if not k.startswith("_")} if settings is not None else None
 
 
 def search_state(checkpoint: dict) -> Optional[dict]:

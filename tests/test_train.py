@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from lightning_metanas.checkpoints import data_settings
 from lightning_metanas.search_space import Architecture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,8 +147,7 @@ def test_ddp_two_processes_share_population_and_shard_scoring(tmp_path):
     checkpoint = torch.load(ckpt_path, weights_only=True)
     state = next(v for k, v in checkpoint["callbacks"].items() if "EvolutionCallback" in k)
     model = MetaNASModule.load_from_checkpoint(ckpt_path, weights_only=True)
-    settings = next(v for k, v in checkpoint.items() if k.endswith("EpisodicDataModule"))["settings"]
-    data = EpisodicDataModule(**settings)
+    data = EpisodicDataModule(**data_settings(checkpoint))
     data.setup("fit")
     val = data.task_dataset("val")
     tasks = stack_tasks([val[i] for i in range(4)])

@@ -20,8 +20,6 @@ counter is part of the data module's ``state_dict`` and so of every checkpoint.
 from __future__ import annotations
 
 import copy
-import inspect
-
 import random
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Optional, Sequence, Union
@@ -346,9 +344,10 @@ class EpisodicDataModule(pl.LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        # No save_hyperparameters(): Lightning refuses to log when a key (``seed``, ``ways``,
-        # ``image_size``) is in both the model's and the data module's hparams with different
-        # values; the CLI's saved config records these settings instead.
+        # Saved in every checkpoint (``datamodule_hyper_parameters``): eval.py and adapt.py
+        # rebuild the task distribution from it. Not logged (``logger=False``): Lightning refuses
+        # to merge the model's and the data module's hparams where a key (``seed``) differs.
+        self.save_hyperparameters(logger=False)
         if dataset not in DATASETS:
             raise DataError(
                 f"unknown data.dataset {dataset!r}; choose one of "
@@ -365,6 +364,8 @@ class EpisodicDataModule(pl.LightningDataModule):
         self.invert = self.spec.invert if invert is None else invert
         self.rotations = self.spec.rotations if rotations is None else rotations
         self.split_seed, self.seed = split_seed, 0 if seed is None else seed
+        # saved resolved: a checkpoint rebuilds these tasks even if a dataset's convention changes
+        self.hparams.update(normalize=self.normalize, invert=self.invert, rotations=self.rotations, seed=self.seed)
         self.num_workers = num_workers
         self._validate()
         self._data: Optional[LabelledImages] = None
@@ -522,16 +523,13 @@ class EpisodicDataModule(pl.LightningDataModule):
 
     # -- checkpointing ---------------------------------------------------------------------
     def settings(self) -> dict[str, Any]:
-        """The constructor arguments, so a checkpoint can rebuild the same task distribution
-        (eval.py reads them back from the checkpoint)."""
-        names = inspect.signature(type(self).__init__).parameters
-        return {name: getattr(self, name) for name in names if name != "self"}
+        """The constructor arguments (Lightning's ``hparams``, saved in every checkpoint)."""
+        return {k: v for k, v in self.hparams.items() if not k.startswith("_")}
 
     def state_dict(self) -> dict[str, Any]:
-        """The sampler's epoch, the settings, and the per-channel normalisation (so that
-        ``adapt.py`` shows a new task's images to the network as meta-training did)."""
-        return {"train_next_epoch": self._train_sampler.next_epoch, "settings": self.settings(),
-                "normalization": self._normalization}
+        """The sampler's epoch, and the per-channel normalisation (so that ``adapt.py`` shows a
+        new task's images to the network as meta-training did)."""
+        return {"train_next_epoch": self._train_sampler.next_epoch, "normalization": self._normalization}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "train_next_epoch" in state_dict:
