@@ -42,7 +42,7 @@ imported = time.perf_counter()
 dm = EpisodicDataModule(dataset="miniimagenet", root=sys.argv[1], image_size=84, ways=5, queries=15)
 dm.setup("fit")
 task = dm.task_dataset("train")[0]
-print(f"data_ready_s={time.perf_counter() - imported:.2f} channels={dm.image_channels} images={len(dm._data.labels)}")
+print(f"data_ready_s={time.perf_counter() - imported:.2f} channels={dm.image_channels} classes={sum(len(ids) for ids in dm.class_splits().values())}")
 """
 
 

@@ -87,7 +87,7 @@ class EvolutionCallback(Callback):
             self.search.load_state_dict(self._restored)
             self._restored = None
         if self.search.population:
-            self._install_sampler(pl_module)
+            self.install_sampler(pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.current_epoch < self.config.warmup(trainer.max_epochs):  # SuperNet warm-up: no search yet
@@ -122,12 +122,12 @@ class EvolutionCallback(Callback):
         deterministic, so an architecture met again keeps its score)."""
         if self.scorer is None or self._scorer_step != trainer.global_step:
             net = pl_module.supernet
-            self.scorer = Scorer(lambda archs: self._score_sharded(trainer, pl_module, archs), self.costs.params,
+            self.scorer = Scorer(lambda archs: self.score_sharded(trainer, pl_module, archs), self.costs.params,
                                  net.largest_num_parameters(), self.config.size_prior)
             self._scorer_step = trainer.global_step
         return self.scorer
 
-    def _score_sharded(self, trainer: pl.Trainer, pl_module: pl.LightningModule, archs: list[Architecture]) -> list[float]:
+    def score_sharded(self, trainer: pl.Trainer, pl_module: pl.LightningModule, archs: list[Architecture]) -> list[float]:
         """Raw accuracies: each rank scores every ``world_size``-th architecture; a sum-reduce of
         the zero-padded vectors gives every rank all of them."""
         rank, world = trainer.global_rank, trainer.world_size
@@ -158,7 +158,7 @@ class EvolutionCallback(Callback):
             state = search.state_dict()
         search.load_state_dict(strategy.broadcast(state, src=0))
         record = search.history[-1]  # the record accept returned, on every rank
-        self._install_sampler(pl_module)
+        self.install_sampler(pl_module)
         if trainer.is_global_zero:
             self.scored = scored_record(
                 search, self.costs, ways=pl_module.hparams.ways,
@@ -172,7 +172,7 @@ class EvolutionCallback(Callback):
         return record
 
     # -- plumbing ------------------------------------------------------------------------
-    def _install_sampler(self, pl_module: pl.LightningModule) -> None:
+    def install_sampler(self, pl_module: pl.LightningModule) -> None:
         if self.search.finished:  # the search is over: meta-train its best architecture alone
             pl_module.sampler = FixedSampler(self.search.best().arch)
             return

@@ -112,12 +112,12 @@ class LatencyTable:
 
     def __init__(self, in_channels: int = 1, image_size: int = 28, ways: int = 5, repeats: int = 50) -> None:
         self.in_channels, self.image_size, self.ways, self.repeats = in_channels, image_size, ways, repeats
-        self._measured: dict[Architecture, float] = {}
+        self.measured: dict[Architecture, float] = {}
 
     def __call__(self, arch: Architecture) -> float:
-        if arch not in self._measured:
-            self._measured[arch] = latency_ms(arch, self.in_channels, self.image_size, self.ways, self.repeats)
-        return self._measured[arch]
+        if arch not in self.measured:
+            self.measured[arch] = latency_ms(arch, self.in_channels, self.image_size, self.ways, self.repeats)
+        return self.measured[arch]
 
 
 def cpu_model() -> str:

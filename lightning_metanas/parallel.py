@@ -105,6 +105,11 @@ class TaskThreads:
     def __getstate__(self) -> dict:
         return {"supernet": self.supernet, "workers": self.workers, "_pool": None}  # threads are per process
 
+    @property
+    def started(self) -> bool:
+        """Whether this process's worker threads exist (they start on first use)."""
+        return self._pool is not None and self._pool.pid == os.getpid()
+
     def module(self) -> SuperNet:
         """The SuperNet this thread may hand to ``functional_call``, which swaps tensors on
         the module it is given: the SuperNet itself outside the workers, a copy sharing its

@@ -1,8 +1,11 @@
 """What several test files share: small image folders drawn on the fly (no data is downloaded),
 and a small SuperNet with fixed tasks for the inner loop's tests."""
+import io
 import random
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
@@ -82,3 +85,36 @@ GROUPED = [ARCHS[0], ARCHS[1], ARCHS[0], ARCHS[2], ARCHS[1], ARCHS[0]]
 
 def as_double(batch):
     return tuple(t.double() if t.is_floating_point() else t for t in batch)
+
+
+def omniglot_png(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = rng.random((105, 105)) > 0.2  # mostly white paper (True), some black ink
+    buf = io.BytesIO()
+    Image.fromarray(pixels).convert("1").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_fake_omniglot(root: Path, drawings: dict[str, int] | None = None, characters: int = 4) -> Path:
+    """Two small zips in the real layout: 2 alphabets x ``characters`` each, 4 drawings each.
+
+    ``drawings`` overrides the count for a character path like ``images_background/A0/c1``.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    drawings = drawings or {}
+    seed = 0
+    for top in ("images_background", "images_evaluation"):
+        with zipfile.ZipFile(root / f"{top}.zip", "w") as archive:
+            for a in range(2):
+                for c in range(characters):
+                    folder = f"{top}/A{a}/c{c}"
+                    for d in range(drawings.get(folder, 4)):
+                        seed += 1
+                        archive.writestr(f"{folder}/{seed:04d}_{d + 1:02d}.png", omniglot_png(seed))
+    return root
+
+
+def same_batches(a, b) -> bool:
+    return len(a) == len(b) and all(
+        torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y for x, y in zip(a, b)
+    )

@@ -22,7 +22,7 @@ class RankStateDump(Callback):
             "population": [[m.arch.to_dict(), m.score] for m in search.population],
             "archive_size": len(search.archive),
             "weights_l1": weights,
-            "first_support_images_sum": getattr(pl_module, "_probe_images_sum", None),
+            "first_support_images_sum": getattr(pl_module, "probe_images_sum", None),
         }
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.json"
@@ -30,4 +30,4 @@ class RankStateDump(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == 0:  # a fingerprint of this rank's first tasks of the epoch
-            pl_module._probe_images_sum = float(batch[0].double().sum())
+            pl_module.probe_images_sum = float(batch[0].double().sum())

@@ -70,7 +70,7 @@ def test_cuda_evaluation_gives_the_cpu_accuracies(vectorize):
 def test_finite_differences_stay_close_to_second_order_with_tf32_on():
     saved = precision.tf32_settings()
     try:
-        precision._set(precision.TF32)  # TF32 convolutions and matmuls, as after a user's opt-in
+        precision.set_tf32_settings(precision.TF32)  # TF32 convolutions and matmuls, as after a user's opt-in
         net = small_supernet(torch.float32).to(CUDA)
         adapter = TaskAdapter(net, 0.4, fd_epsilon=1e-5, vectorize=False)
         batch = _to(task_batch(tasks=4, seed=9), CUDA)
@@ -81,7 +81,7 @@ def test_finite_differences_stay_close_to_second_order_with_tf32_on():
             assert F.cosine_similarity(fd, so, dim=0).item() > 0.95
         assert precision.tf32_settings() == precision.TF32
     finally:
-        precision._set(saved)
+        precision.set_tf32_settings(saved)
 
 
 @pytest.mark.slow

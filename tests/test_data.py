@@ -7,19 +7,17 @@ caches or needs broken files works on small fake zips in ``tmp_path``.
 
 from __future__ import annotations
 
-import io
 import random
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import learn2learn as l2l
 import pytorch_lightning as pl
 
+from tests.helpers import make_fake_omniglot, same_batches
 from lightning_metanas.data import (
     DataError,
     EpisodicDataModule,
@@ -39,33 +37,6 @@ SMALL = dict(ways=5, shots=1, queries=3, meta_batch_size=4, train_batches=2,
 # ---------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------
-def _png(seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    pixels = rng.random((105, 105)) > 0.2  # mostly white paper (True), some black ink
-    buf = io.BytesIO()
-    Image.fromarray(pixels).convert("1").save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _make_fake_omniglot(root: Path, drawings: dict[str, int] | None = None, characters: int = 4) -> Path:
-    """Two small zips in the real layout: 2 alphabets x ``characters`` each, 4 drawings each.
-
-    ``drawings`` overrides the count for a character path like ``images_background/A0/c1``.
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    drawings = drawings or {}
-    seed = 0
-    for top in ("images_background", "images_evaluation"):
-        with zipfile.ZipFile(root / f"{top}.zip", "w") as archive:
-            for a in range(2):
-                for c in range(characters):
-                    folder = f"{top}/A{a}/c{c}"
-                    for d in range(drawings.get(folder, 4)):
-                        seed += 1
-                        archive.writestr(f"{folder}/{seed:04d}_{d + 1:02d}.png", _png(seed))
-    return root
-
-
 def _assert_batch(batch, b: int, ways: int, shots: int, queries: int, size: int) -> None:
     sx, sy, qx, qy = batch
     assert sx.shape == (b, ways * shots, 1, size, size) and sx.dtype == torch.float32
@@ -76,12 +47,6 @@ def _assert_batch(batch, b: int, ways: int, shots: int, queries: int, size: int)
         assert set(sy[t].tolist()) == set(qy[t].tolist()) == set(range(ways))
         assert torch.bincount(sy[t]).tolist() == [shots] * ways
         assert torch.bincount(qy[t]).tolist() == [queries] * ways
-
-
-def _same(a, b) -> bool:
-    return len(a) == len(b) and all(
-        torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y for x, y in zip(a, b)
-    )
 
 
 @pytest.fixture(scope="module")
@@ -122,24 +87,24 @@ def test_omniglot_split_sizes_disjoint_deterministic():
 
 
 def test_omniglot_cache_reused_rebuilt_and_optional(tmp_path):
-    root = _make_fake_omniglot(tmp_path / "omni")
+    root = make_fake_omniglot(tmp_path / "omni")
     first = load_omniglot(root, image_size=12)
     [cache] = (root / ".cache").glob("omniglot-12px-gray-inverted-*.u8")
     assert first.images.shape == (64, 1, 12, 12) and first.num_classes == 16
     written = cache.stat().st_mtime_ns
-    assert _same(load_omniglot(root, image_size=12), first)
+    assert same_batches(load_omniglot(root, image_size=12), first)
     assert cache.stat().st_mtime_ns == written  # read back, not decoded again
-    assert _same(load_omniglot(root, image_size=12, cache=False), first)  # in memory: the same
+    assert same_batches(load_omniglot(root, image_size=12, cache=False), first)  # in memory: the same
 
     cache.write_bytes(b"garbage")  # unreadable cache: rebuilt, not fatal
     with pytest.warns(UserWarning, match="unreadable image cache"):
-        assert _same(load_omniglot(root, image_size=12), first)
+        assert same_batches(load_omniglot(root, image_size=12), first)
     cache.write_bytes(cache.read_bytes()[:-100])  # truncated (a full disk): rebuilt
     with pytest.warns(UserWarning, match="truncated image cache"):
-        assert _same(load_omniglot(root, image_size=12), first)
+        assert same_batches(load_omniglot(root, image_size=12), first)
 
     # other zips (a character gained a drawing): a new cache, the stale one removed
-    _make_fake_omniglot(root, drawings={"images_evaluation/A1/c3": 5})
+    make_fake_omniglot(root, drawings={"images_evaluation/A1/c3": 5})
     assert load_omniglot(root, image_size=12).images.shape[0] == 65
     [rebuilt] = (root / ".cache").glob("omniglot-12px-*.u8")
     assert rebuilt != cache and not cache.exists()
@@ -236,12 +201,12 @@ def test_eval_tasks_are_fixed_and_global_random_untouched(omniglot_dm):
     first = list(omniglot_dm.val_dataloader())
     assert random.getstate() == state
     again = list(omniglot_dm.val_dataloader())
-    assert all(_same(a, b) for a, b in zip(first, again))
+    assert all(same_batches(a, b) for a, b in zip(first, again))
     fresh = EpisodicDataModule(root=str(OMNIGLOT), **SMALL)
     fresh.setup("validate")
-    assert _same(fresh.task_dataset("val")[4], omniglot_dm.task_dataset("val")[4])
-    assert _same(fresh.task_dataset("test")[2], omniglot_dm.task_dataset("test")[2])
-    assert not _same(omniglot_dm.task_dataset("val")[0], omniglot_dm.task_dataset("val")[1])
+    assert same_batches(fresh.task_dataset("val")[4], omniglot_dm.task_dataset("val")[4])
+    assert same_batches(fresh.task_dataset("test")[2], omniglot_dm.task_dataset("test")[2])
+    assert not same_batches(omniglot_dm.task_dataset("val")[0], omniglot_dm.task_dataset("val")[1])
 
 
 def test_train_tasks_change_per_epoch_and_rank_and_resume(omniglot_dm):
@@ -249,7 +214,7 @@ def test_train_tasks_change_per_epoch_and_rank_and_resume(omniglot_dm):
     dm.setup("fit")
     epoch0 = list(dm.train_dataloader())
     epoch1 = list(dm.train_dataloader())  # a plain loop: each pass is a new epoch
-    assert not _same(epoch0[0], epoch1[0])
+    assert not same_batches(epoch0[0], epoch1[0])
     assert dm.state_dict()["train_next_epoch"] == 2
     assert dict(dm.hparams) == dm.settings()  # saved in checkpoints: what eval.py rebuilds the data from
     assert EpisodicDataModule(**dm.settings()).settings() == dm.settings()
@@ -257,14 +222,14 @@ def test_train_tasks_change_per_epoch_and_rank_and_resume(omniglot_dm):
     resumed = EpisodicDataModule(root=str(OMNIGLOT), **SMALL)
     resumed.setup("fit")
     resumed.load_state_dict({"train_next_epoch": 1})
-    assert all(_same(a, b) for a, b in zip(list(resumed.train_dataloader()), epoch1))
+    assert all(same_batches(a, b) for a, b in zip(list(resumed.train_dataloader()), epoch1))
 
     train = dm.task_dataset("train")
-    assert _same(train[(0, 3)], train[(0, 3)])
+    assert same_batches(train[(0, 3)], train[(0, 3)])
     rank0 = train[(0, 3)]
     train.rank = 1
     try:
-        assert not _same(train[(0, 3)], rank0)
+        assert not same_batches(train[(0, 3)], rank0)
     finally:
         train.rank = 0
 
@@ -341,9 +306,9 @@ def test_workers_give_the_same_tasks():
     parallel = EpisodicDataModule(**kwargs, num_workers=1)
     parallel.setup("fit")
     for a, b in zip(serial.val_dataloader(), parallel.val_dataloader()):
-        assert _same(a, b)
+        assert same_batches(a, b)
     for a, b in zip(serial.train_dataloader(), parallel.train_dataloader()):
-        assert _same(a, b)
+        assert same_batches(a, b)
 
 
 # ---------------------------------------------------------------------------------------
@@ -358,7 +323,7 @@ def test_missing_root(tmp_path):
 
 
 def test_missing_zip(tmp_path):
-    root = _make_fake_omniglot(tmp_path / "omni")
+    root = make_fake_omniglot(tmp_path / "omni")
     (root / "images_evaluation.zip").unlink()
     with pytest.raises(DataError) as err:
         load_omniglot(root)
@@ -368,7 +333,7 @@ def test_missing_zip(tmp_path):
 
 @pytest.mark.parametrize("damage", ["not_a_zip", "truncated"])
 def test_broken_zip_names_the_file(tmp_path, damage):
-    root = _make_fake_omniglot(tmp_path / "omni")
+    root = make_fake_omniglot(tmp_path / "omni")
     path = root / "images_background.zip"
     content = path.read_bytes()
     path.write_bytes(b"<html>404</html>" if damage == "not_a_zip" else content[: len(content) // 2])
@@ -379,7 +344,7 @@ def test_broken_zip_names_the_file(tmp_path, damage):
 
 
 def test_undecodable_image_names_the_member(tmp_path):
-    root = _make_fake_omniglot(tmp_path / "omni")
+    root = make_fake_omniglot(tmp_path / "omni")
     with zipfile.ZipFile(root / "images_evaluation.zip", "a") as archive:
         archive.writestr("images_evaluation/A0/c0/9999_05.png", b"not a png")
     with pytest.raises(DataError) as err:
@@ -389,7 +354,7 @@ def test_undecodable_image_names_the_member(tmp_path):
 
 
 def test_small_class_named_at_setup(tmp_path):
-    root = _make_fake_omniglot(tmp_path / "omni", drawings={"images_background/A1/c2": 2})
+    root = make_fake_omniglot(tmp_path / "omni", drawings={"images_background/A1/c2": 2})
     dm = EpisodicDataModule(root=str(root), ways=1, shots=1, queries=3)
     with pytest.warns(UserWarning, match="16 characters"), pytest.raises(DataError) as err:
         dm.setup("fit")

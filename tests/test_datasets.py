@@ -28,7 +28,8 @@ from lightning_metanas.data import (
 )
 from lightning_metanas.data.folder import image_folder_listing
 from scripts.omniglot_to_folders import class_name, export
-from tests.test_data import OMNIGLOT, _same
+from tests.helpers import same_batches
+from tests.test_data import OMNIGLOT
 
 TASKS = dict(ways=3, shots=1, queries=2, meta_batch_size=2, train_batches=2, val_tasks=3,
              test_tasks=3, eval_batch_size=2, image_size=16)
@@ -63,10 +64,10 @@ def test_split_folders_and_csv_splits_give_the_same_rgb_tasks(tmp_path):
     assert folders.image_channels == tables.image_channels == 3  # from the data
     assert folders.class_splits() == tables.class_splits() == {
         "train": [0, 1, 2, 3], "val": [4, 5, 6], "test": [7, 8, 9]}
-    assert folders._data.class_names == tables._data.class_names == [f"n{c:08d}" for c in range(10)]
+    assert folders.labelled_images().class_names == tables.labelled_images().class_names == [f"n{c:08d}" for c in range(10)]
     assert not folders.rotations and folders.normalize and not folders.invert  # image conventions
     a, b = batches(folders), batches(tables)
-    assert len(a) == 2 + 2 + 2 and all(_same(x, y) for x, y in zip(a, b))
+    assert len(a) == 2 + 2 + 2 and all(same_batches(x, y) for x, y in zip(a, b))
     sx, sy, qx, qy = a[0]
     assert sx.shape == (2, 3, 3, 16, 16) and qx.shape == (2, 6, 3, 16, 16)
     assert torch.bincount(qy[0]).tolist() == [2, 2, 2]
@@ -76,11 +77,11 @@ def test_split_folders_and_csv_splits_give_the_same_rgb_tasks(tmp_path):
     pixels = torch.stack([train[i] for i in range(24)])  # the 4 train classes' images
     assert torch.allclose(pixels.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4)
     assert torch.allclose(pixels.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4)
-    raw = folders._data.images.tensor()[:24]
+    raw = folders.labelled_images().images.tensor()[:24]
     saved = folders.state_dict()["normalization"]  # for adapt.py, in every checkpoint
     assert torch.allclose(torch.tensor(saved["mean"]), raw.mean(dim=(0, 2, 3)), atol=1e-6)
     unnormalised = module(tmp_path / "folders", normalize=False)
-    assert torch.equal(unnormalised.task_dataset("val")._images[30], folders._data.images[30])
+    assert torch.equal(unnormalised.labelled_images().images[30], folders.labelled_images().images[30])
 
 
 def test_registry_entries_and_settings_saved_resolved(tmp_path):
@@ -101,7 +102,7 @@ def test_mixed_modes_become_rgb_and_channels_follow_the_setting(tmp_path, capsys
     dm = module(root)
     assert dm.image_channels == 3
     assert "1 grayscale images among colour ones were replicated to RGB" in capsys.readouterr().err
-    pixels = dm._data.images.uint8(1)[0]
+    pixels = dm.labelled_images().images.uint8(1)[0]
     assert np.array_equal(pixels[0], pixels[1]) and np.array_equal(pixels[0], pixels[2])
     as_gray = module(root, channels=1)
     assert as_gray.image_channels == 1 and as_gray.task_dataset("val")[0].query_x.shape[1] == 1
@@ -117,7 +118,7 @@ def test_cache_is_read_back_keyed_by_size_and_rebuilt_when_the_files_change(tmp_
     [cache] = cache_files(root)
     assert cache.name.startswith("folder-16px-auto-") and "decoding 60 images" in capsys.readouterr().err
     written = cache.stat().st_mtime_ns
-    assert all(_same(x, y) for x, y in zip(batches(module(root)), first))
+    assert all(same_batches(x, y) for x, y in zip(batches(module(root)), first))
     assert cache.stat().st_mtime_ns == written and "decoding" not in capsys.readouterr().err
 
     module(root, image_size=12)  # another size or setting: its own cache, all kept
@@ -129,7 +130,7 @@ def test_cache_is_read_back_keyed_by_size_and_rebuilt_when_the_files_change(tmp_
     after = batches(module(root))
     assert "decoding 60 images" in capsys.readouterr().err
     assert not cache.exists() and len(cache_files(root)) == 3  # only the stale one removed
-    assert not all(_same(x, y) for x, y in zip(after, first))
+    assert not all(same_batches(x, y) for x, y in zip(after, first))
 
 
 def test_store_pickles_without_its_pixels_and_workers_see_the_same_tasks(tmp_path):
@@ -141,7 +142,7 @@ def test_store_pickles_without_its_pixels_and_workers_see_the_same_tasks(tmp_pat
     assert torch.equal(pickle.loads(blob)[7], store[7])
     parallel = module(root, image_size=64, num_workers=1)
     for a, b in zip(dm.val_dataloader(), parallel.val_dataloader()):
-        assert _same(a, b)
+        assert same_batches(a, b)
 
 
 def test_one_process_decodes_while_the_others_wait(tmp_path, capsys):
@@ -166,8 +167,8 @@ def test_unwritable_cache_folder_decodes_in_memory(tmp_path):
     blocked.write_text("not a folder")
     with pytest.warns(UserWarning, match="set --data.cache_dir to a writable folder"):
         dm = module(root, cache_dir=str(blocked / "cache"))
-    assert dm._data.images.path is None and not (root / ".cache").exists()
-    assert all(_same(x, y) for x, y in zip(batches(dm), batches(module(root))))
+    assert dm.labelled_images().images.path is None and not (root / ".cache").exists()
+    assert all(same_batches(x, y) for x, y in zip(batches(dm), batches(module(root))))
 
 
 # ---------------------------------------------------------------------------------------
@@ -203,7 +204,7 @@ def test_folder_path_gives_the_zip_paths_images_split_and_tasks(tmp_path):
     folder_path = module(folders, dataset="folder", invert=True, normalize=False, rotations=True, **settings)
     assert folder_path.image_channels == 1
 
-    zip_data, folder_data = zip_path._data, folder_path._data
+    zip_data, folder_data = zip_path.labelled_images(), folder_path.labelled_images()
     names = [class_name(n) for n in folder_data.class_names]
     for split in ("train", "val", "test"):  # the same classes in the same order
         assert [zip_data.class_names[c] for c in zip_path.class_splits()[split]] == \
@@ -230,8 +231,8 @@ def test_adapt_loader_reads_a_split_folder_like_meta_training(tmp_path):
     task = load_image_folder(root / "test", image_size=16, channels=3, mean=mean, std=std)
     assert task.class_names == ["n00000007", "n00000008", "n00000009"]
     test_ids = dm.class_splits()["test"]
-    expected = torch.stack([dm.task_dataset("test")._images[i] for i in range(len(dm._data.labels))
-                            if int(dm._data.labels[i]) in test_ids])
+    expected = torch.stack([dm.labelled_images().images[i] for i in range(len(dm.labelled_images().labels))
+                            if int(dm.labelled_images().labels[i]) in test_ids])
     assert torch.equal(task.images, expected)
     assert read_split_layout(root, "x").splits == ([0, 1, 2, 3], [4, 5, 6], [7, 8, 9])
 

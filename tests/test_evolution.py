@@ -213,10 +213,10 @@ def test_callback_meta_trains_the_best_architecture_alone_once_the_search_is_ove
     callback.search = EvolutionarySearch(space, callback.config)
     search = callback.search
     search.accept({a: toy_score(a) for a in search.to_score(search.propose())})
-    callback._install_sampler(module)
+    callback.install_sampler(module)
     assert isinstance(module.sampler, PopulationSampler)
     search.accept({a: toy_score(a) for a in search.to_score(search.propose())})
-    callback._install_sampler(module)
+    callback.install_sampler(module)
     assert isinstance(module.sampler, FixedSampler)
     assert module.sampler.arch == search.best().arch == module.evaluated_architecture()
     history = list(search.history)

@@ -207,8 +207,8 @@ def test_second_order_training_step_gradient_equals_the_mean_meta_loss_gradient(
     torch.stack(losses).mean().backward()
     expected = {n: p.grad for n, p in module.supernet.named_parameters() if p.grad is not None}
     assert got.keys() == expected.keys()
-    for n in expected:
-        torch.testing.assert_close(got[n], expected[n], rtol=1e-4, atol=1e-6)
+    for n in expected:  # float32 second-order sums in another order (2 threads): a few 1e-6 apart
+        torch.testing.assert_close(got[n], expected[n], rtol=1e-4, atol=1e-5)
 
 
 def test_meta_config_validates_the_new_settings():
@@ -258,7 +258,7 @@ def test_adapter_pickles_after_using_threads():
     batch = task_batch(tasks=2)
     adapter.meta_batch_gradient([ARCHS[0]] * 2, batch, steps=1, mode="first_order")
     clone = pickle.loads(pickle.dumps(adapter))
-    assert clone.threads._pool is None  # threads are per process: started again on first use
+    assert not clone.threads.started  # threads are per process: started again on first use
     result = clone.meta_batch_gradient([ARCHS[0]] * 2, batch, steps=1, mode="first_order")
     assert all(torch.isfinite(g).all() for g in result.grads.values())
 

@@ -554,14 +554,14 @@ def test_sigterm_during_a_generation_keeps_it_and_resumes_after_it(tmp_path, uni
 def test_bad_data_fails_with_one_line_naming_the_file(tmp_path, capsys, damage):
     import zipfile
 
-    from tests.test_data import _make_fake_omniglot
+    from tests.helpers import make_fake_omniglot
 
     # every background character with 2 drawings: the train split, checked first, has some
     small = {f"images_background/A{a}/c{c}": 2 for a in range(2) for c in range(4)}
     small = small if damage == "class_too_small" else None
     # 32 characters: 2 in the val split, enough for data.ways=2 (the split is checked before
     # anything is decoded, so a dataset too small for the task settings never reaches the image)
-    root = _make_fake_omniglot(tmp_path / "omni", drawings=small, characters=8)
+    root = make_fake_omniglot(tmp_path / "omni", drawings=small, characters=8)
     background = root / "images_background.zip"
     if damage == "not_a_zip":
         background.write_bytes(b"<html>404 Not Found</html>")

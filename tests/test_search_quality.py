@@ -85,7 +85,7 @@ def test_architectures_scored_at_the_same_step_are_not_scored_again():
     second = callback.scorer_for(trainer, module)([b, c, a])
     assert callback.scorer is scorer and scorer.real_scorings == 1  # only c is new at this step
     assert second[0] == first[1] and second[2] == first[0]
-    assert callback._score_sharded(trainer, module, [c]) == [scorer.accuracies[c]]  # the same as scoring afresh
+    assert callback.score_sharded(trainer, module, [c]) == [scorer.accuracies[c]]  # the same as scoring afresh
     trainer.global_step = 6  # the weights moved: everything is scored again
     again = callback.scorer_for(trainer, module)
     again([a, b])

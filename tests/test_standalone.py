@@ -90,4 +90,4 @@ def test_latency_table_measures_each_architecture_once():
     table = LatencyTable(in_channels=1, image_size=14, ways=4, repeats=3)
     arch = Architecture(("conv3x3", "skip"), (8, 8))
     first = table(arch)
-    assert 0 < first < 1000 and table(arch) == first and len(table._measured) == 1
+    assert 0 < first < 1000 and table(arch) == first and len(table.measured) == 1

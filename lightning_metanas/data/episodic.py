@@ -369,6 +369,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self._validate()
         self._data: Optional[LabelledImages] = None
+        self._tasks_data: Optional[LabelledImages] = None
         self._class_splits: Optional[Splits] = None
         self._normalization: Optional[dict[str, list[float]]] = None
         self._splits: dict[str, EpisodicTaskDataset] = {}
@@ -448,6 +449,7 @@ class EpisodicDataModule(pl.LightningDataModule):
         data = self._load()
         if self.normalize:
             data = self._normalized(data, self._class_splits[0])
+        self._tasks_data = data
         num_tasks = {"train": self.train_batches * self.meta_batch_size,
                      "val": self.val_tasks, "test": self.test_tasks}
         for split, class_ids in zip(SPLITS, self._class_splits):
@@ -479,6 +481,12 @@ class EpisodicDataModule(pl.LightningDataModule):
             images = pixels_scaled(data.images, mean, std)
         self._normalization = {"mean": mean, "std": std}
         return LabelledImages(images, data.labels, data.class_names)
+
+    def labelled_images(self) -> LabelledImages:
+        """Every image of the dataset with its label, as the tasks show them (normalised when
+        ``normalize``), after ``setup``."""
+        self._require_setup()
+        return self._tasks_data
 
     def class_splits(self) -> dict[str, list[int]]:
         """The class ids of each split (after ``setup``)."""
