@@ -73,15 +73,16 @@ def test_split_folders_and_csv_splits_give_the_same_rgb_tasks(tmp_path):
     assert torch.bincount(qy[0]).tolist() == [2, 2, 2]
 
     # normalised per channel with the train split's statistics, and only those
-    train = folders.task_dataset("train")._images
-    pixels = torch.stack([train[i] for i in range(24)])  # the 4 train classes' images
+    shown = folders.labelled_images().images  # as the tasks show them: normalised
+    pixels = torch.stack([shown[i] for i in range(24)])  # the 4 train classes' images
     assert torch.allclose(pixels.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4)
     assert torch.allclose(pixels.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4)
-    raw = folders.labelled_images().images.tensor()[:24]
+    unnormalised = module(tmp_path / "folders", normalize=False)
+    raw = torch.stack([unnormalised.labelled_images().images[i] for i in range(24)])
     saved = folders.state_dict()["normalization"]  # for adapt.py, in every checkpoint
     assert torch.allclose(torch.tensor(saved["mean"]), raw.mean(dim=(0, 2, 3)), atol=1e-6)
-    unnormalised = module(tmp_path / "folders", normalize=False)
-    assert torch.equal(unnormalised.labelled_images().images[30], folders.labelled_images().images[30])
+    mean, std = (torch.tensor(saved[k]).view(3, 1, 1) for k in ("mean", "std"))
+    assert torch.allclose(shown[30], (unnormalised.labelled_images().images[30] - mean) / std, atol=1e-5)
 
 
 def test_registry_entries_and_settings_saved_resolved(tmp_path):

@@ -590,7 +590,7 @@ def _plant_cache(root: Path, tmp_path: Path, size: int) -> Path:
     """The cache of another dataset (``size`` 16) or of this one at another size, under the name
     this dataset's 16px cache has."""
     from lightning_metanas.data import EpisodicDataModule, read_split_layout
-    from lightning_metanas.data.images import cache_name
+    from lightning_metanas.data.image_cache import cache_name
     from tests.test_datasets import tiny
 
     source = root if size != 16 else tiny(tmp_path / "other", seed=1)
@@ -777,7 +777,7 @@ def test_a_cache_that_cannot_be_written_decodes_in_memory_and_leaves_nothing(tmp
     script = (
         "import resource, sys, warnings; sys.path.insert(0, sys.argv[1])\n"
         "from lightning_metanas.data.folder import image_folder_listing\n"
-        "from lightning_metanas.data.images import decode_images\n"
+        "from lightning_metanas.data.image_cache import decode_images\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))\n"
         "with warnings.catch_warnings(record=True) as seen:\n"
         "    warnings.simplefilter('always')\n"
@@ -796,7 +796,7 @@ def test_a_cache_that_cannot_be_written_decodes_in_memory_and_leaves_nothing(tmp
 
 
 def test_abandoned_half_written_caches_are_swept_before_the_next_decode(tmp_path):
-    from lightning_metanas.data.images import decode_images
+    from lightning_metanas.data.image_cache import decode_images
 
     listing = _folder_listing(tmp_path)
     cache = tmp_path / "cache"
@@ -810,7 +810,7 @@ def test_abandoned_half_written_caches_are_swept_before_the_next_decode(tmp_path
 
 
 def test_a_cache_with_damaged_pixels_is_detected_and_rebuilt(tmp_path):
-    from lightning_metanas.data.images import decode_images
+    from lightning_metanas.data.image_cache import decode_images
 
     listing = _folder_listing(tmp_path)
     cache = tmp_path / "cache"

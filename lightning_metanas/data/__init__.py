@@ -2,7 +2,8 @@
 data module. ``registry.DATASETS`` lists them; ``images.py`` decodes and caches the images."""
 
 from .errors import DataError, DataNotFoundError
-from .images import ImageStore, LabelledImages, Listing, decode_images
+from .image_cache import decode_images
+from .images import ImageStore, LabelledImages, Listing
 from .omniglot import list_omniglot, load_omniglot, omniglot_split
 from .splits import SPLITS, labels_from_sizes, split_class_ids
 from .folder import (

@@ -34,7 +34,8 @@ from lightning_metanas.errors import require_int
 from lightning_metanas.seeding import seed_of
 
 from .errors import DataError, DataNotFoundError
-from .images import ImageStore, LabelledImages, Splits, decode_images, pixels_scaled
+from .image_cache import decode_images
+from .images import ImageStore, LabelledImages, Splits, pixels_scaled
 from .registry import DATASETS, DatasetSpec
 from .splits import SPLITS, labels_from_sizes
 from .transforms import RandomClassRotation90

@@ -30,7 +30,8 @@ from lightning_metanas import seeding
 from lightning_metanas.errors import require_int
 
 from .errors import DataError, DataNotFoundError
-from .images import LabelledImages, Listing, PathLike, decode_images, fingerprint_files
+from .image_cache import decode_images
+from .images import LabelledImages, Listing, PathLike, fingerprint_files
 from .splits import SPLITS, labels_from_sizes
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif")

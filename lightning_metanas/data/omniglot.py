@@ -23,7 +23,8 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 from lightning_metanas.errors import require_int
 
 from .errors import DataError, DataNotFoundError
-from .images import LabelledImages, Listing, PathLike, decode_images
+from .image_cache import decode_images
+from .images import LabelledImages, Listing, PathLike
 from .splits import labels_from_sizes, proportional_split_sizes, split_class_ids
 
 ZIP_NAMES: tuple[str, ...] = ("images_background.zip", "images_evaluation.zip")
