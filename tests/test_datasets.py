@@ -137,7 +137,7 @@ def test_cache_is_read_back_keyed_by_size_and_rebuilt_when_the_files_change(tmp_
 def test_store_pickles_without_its_pixels_and_workers_see_the_same_tasks(tmp_path):
     root = write_fake_dataset(tmp_path / "big", classes=(4, 3, 3), per_class=6, size=64, workers=1)
     dm = module(root, image_size=64)
-    store = dm.task_dataset("train")._images
+    store = dm.labelled_images().images  # the store the task datasets read from
     blob = pickle.dumps(store)
     assert len(blob) < 4000 < 60 * 3 * 64 * 64  # the path and statistics, not the images
     assert torch.equal(pickle.loads(blob)[7], store[7])
