@@ -304,6 +304,14 @@ def search_architecture(
 
 
 # -- the whole adaptation ------------------------------------------------------------------
+def task_scorer(adapter: TaskAdapter, supernet: SuperNet, tasks: Tasks, steps: int, size_prior: float) -> Scorer:
+    """The meta-search's score on the task's partitions: the same scorer, steps and size prior,
+    with parameters counted on the meta-SuperNet (the prior's unit was measured with its head)."""
+    return Scorer(Scorer.on_tasks(adapter, tasks, steps).compute, supernet.num_parameters,
+                  supernet.largest_num_parameters(), size_prior)
+
+
+
 def check_images_per_class(data: LabelledImages, searched: bool) -> None:
     """Every class has the images this adaptation needs, else one line naming the class and
     the real minimum."""
@@ -354,10 +362,7 @@ def adapt(
     outcome = None
     if searched:
         tasks = scoring_tasks(train, search.tasks_per_score, search.score_shots, search.score_queries, seed)
-        # the meta-search's score: its size prior, with parameters counted on the meta-SuperNet
-        # (the prior's unit was measured with its head), and its cost budget
-        scorer = Scorer(Scorer.on_tasks(adapter, tasks, steps or meta.eval_inner_steps).compute,
-                        supernet.num_parameters, supernet.largest_num_parameters(), base.size_prior)
+        scorer = task_scorer(adapter, supernet, tasks, steps or meta.eval_inner_steps, base.size_prior)
         costs = CostModel(supernet.space, supernet.ways, supernet.in_channels, train.images.shape[-1], base.budget,
                           supernet=supernet)
         evolution = adaptation_evolution_config(base, search.scorings, search.population_size, search.offspring)

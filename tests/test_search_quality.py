@@ -159,3 +159,20 @@ def test_search_quick_default_warms_up_then_runs_every_generation_at_once_then_t
 
     last = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")  # epoch 2: the best alone
     assert Architecture.from_dict(last["evaluated_arch"]) == best
+
+
+def test_adapt_scores_equal_the_meta_searchs_for_the_same_architecture_tasks_and_prior():
+    """adapt.py's search and the meta-search score with one scorer: on the same tasks, with the
+    same weights and size prior, the same architectures get the same scores."""
+    from lightning_metanas.adaptation import task_network, task_scorer
+    from lightning_metanas.maml import TaskAdapter
+
+    callback, trainer, module = _scoring(size_prior=0.3)
+    archs = [Architecture(ops, (8, 8)) for ops in (("conv3x3", "skip"), ("skip", "skip"), ("conv3x3", "conv3x3"))]
+    meta = callback.scorer_for(trainer, module)(archs)
+    net, head = task_network(module.supernet, 3)  # the task has the checkpoint's ways: its head is kept
+    assert head == "meta"
+    tasks = callback.scoring_tasks(trainer, module)
+    on_task = task_scorer(TaskAdapter.from_config(net, module.meta), module.supernet, tasks,
+                          module.meta.eval_inner_steps, 0.3)(archs)
+    assert on_task == meta and len(set(meta)) == 3
