@@ -31,6 +31,10 @@ held-out images normalised as one batch, the meta-test's protocol).
 
 **Images per class.** A search needs 3 per class (2 to train on and to score candidates with,
 1 held out); a given architecture needs 2 (1 to train on, 1 held out).
+
+Why one module of ~380 lines: the task's settings, network, scoring partitions and search
+driver are the steps of one orchestration (``adapt``); fine-tuning is ``finetune.py``'s, the
+saved model ``adapted_model.py``'s, the search ``evolution.py``'s.
 """
 from __future__ import annotations
 

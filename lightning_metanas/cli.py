@@ -12,6 +12,10 @@ the fields of ``SearchConfig``). The search runs when its group is given (any
 ``--search.<field>`` flag, or a ``search:`` section in a config) and not when it is absent or
 null; its callback then stands first among the trainer's callbacks, so the order of the
 others does not matter.
+
+Why one module of ~370 lines: everything train.py's command line decides before Lightning
+builds the trainer (groups, seeds, DDP strategy, trackers, ``--ckpt_path``) lives here, so the
+entry point itself stays a few lines.
 """
 from __future__ import annotations
 

@@ -11,6 +11,9 @@ Keeping the scoring outside makes the algorithm testable with any score function
 A cost budget is a constraint *inside* the search (``fits``): the initial population, every
 mutation, crossover and fresh sample is drawn until it fits, so nothing outside the budget is
 ever proposed or scored.
+
+Why one module of ~400 lines: the configuration's checks, the population, the archive and
+the records are one algorithm's state, written and restored together (``state_dict``).
 """
 from __future__ import annotations
 

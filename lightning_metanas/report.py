@@ -10,6 +10,9 @@ checkpoints ``best_arch.json``, ``search_history.json``, ``scored.json`` and the
 (drawn again from the JSON files when missing, or always with ``--regenerate``). Writes
 ``RUN_DIR/report.html``: plain HTML and CSS, images embedded, no script and no network
 resource, so it opens anywhere, also offline and as an e-mail attachment.
+
+Why one module of ~300 lines: reading a run folder, the page's context and the command line
+serve one page (its markup is ``templates/report.html``).
 """
 from __future__ import annotations
 
