@@ -196,6 +196,15 @@ def _num(value: Any) -> str:
     return str(value)
 
 
+def _shown_path(path: Path) -> str:
+    """The run folder as a reader would type it: relative to the working directory when inside it."""
+    resolved = path.resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(resolved)
+
+
 def _budget_text(budget: dict) -> Optional[str]:
     names = {"max_params": "parameters", "max_flops": "MACs per image", "max_latency_ms": "ms per image"}
     return ", ".join(f"{names.get(k, k)} ≤ {v:,g}" for k, v in budget.items()) or None
@@ -238,7 +247,7 @@ def context(found: dict[str, Any], images: dict[str, Path]) -> dict[str, Any]:
     tested = Architecture.of(test["arch"]) if test and test.get("arch") else None
     return {
         "title": f"{data.get('dataset', 'run')} {task}".strip(),
-        "run": str(found["run_dir"].resolve()),
+        "run": _shown_path(found["run_dir"]),
         "written": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "test": test and dict(test, label=_label(test.get("arch"))),
         "val_best": max(val) if val else None,
