@@ -191,3 +191,29 @@ def test_scoring_progress_advances_a_rich_task_and_removes_it(tmp_path):
                        enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path)
     with scoring_progress(quiet, 5) as advance:  # no bar: a no-op
         advance(1)
+
+
+@pytest.mark.slow
+def test_wandb_logs_each_of_the_generations_of_one_epoch_as_its_own_step(tmp_path):
+    """All generations at one epoch's end (the measured search): each is a history record of its
+    own, with its own population table and ``search/generation``, and the run keeps its name."""
+    args = ["--config", "configs/search_quick.yaml", *SYNTHETIC, "--trainer.max_epochs=2", "--search.warmup_epochs=0",
+            "--search.generations=3", "--search.population_size=4", "--search.offspring=2", "--search.pool_size=4",
+            "--search.tournament_size=2", "--search.tasks_per_score=3", "--search.score_queries=2",
+            f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.logger.init_args.name=quick",
+            "--wandb.offline=true"]
+    train(tmp_path, *args, wandb=True)
+    (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    records = wandb_records(run_file)
+    history = [r.history for r in records if r.WhichOneof("record_type") == "history"]
+    generations = []
+    for h in history:
+        items = {key(i): i.value_json for i in h.item}
+        if "search/best_score" in items:
+            generations.append(json.loads(items["search/generation"]))
+    assert generations == [0, 1, 2]  # three steps, not one averaged
+    tables = [h for h in history if any(key(i) == "search/population/_type" for i in h.item)]
+    assert len(tables) == 3
+    names = [r.run.display_name for r in records if r.WhichOneof("record_type") == "run"]
+    assert names and names[0] == "quick/version_0"
+    assert (tmp_path / "quick" / "version_0" / "report.html").is_file()
