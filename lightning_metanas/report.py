@@ -16,7 +16,6 @@ serve one page (its markup is ``templates/report.html``).
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
 import datetime
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import jinja2
+from jsonargparse import ArgumentParser
 import yaml
 
 from lightning_metanas import plots
@@ -296,13 +296,13 @@ def write_report(
 
 
 def main(argv: Optional[list[str]] = None) -> Path:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m lightning_metanas.report",
         description="Write an HTML report (plots, best architecture, search, meta-test) of a run folder.",
     )
-    parser.add_argument("run_dir", help="a run folder, e.g. runs/search_quick/version_0 (or its checkpoints/)")
-    parser.add_argument("--out", default=None, help="where to write the page (default: RUN_DIR/report.html)")
-    parser.add_argument("--regenerate", action="store_true",
+    parser.add_argument("run_dir", type=str, help="a run folder, e.g. runs/search_quick/version_0 (or its checkpoints/)")
+    parser.add_argument("--out", type=Optional[str], default=None, help="where to write the page (default: RUN_DIR/report.html)")
+    parser.add_argument("--regenerate", type=bool, default=False,
                         help="draw the search plots again from the JSON files even if the PNGs exist")
     args = parser.parse_args(argv)
     path = write_report(args.run_dir, out=args.out, regenerate=args.regenerate)
