@@ -3,22 +3,22 @@
 the adapted model.
 
     python adapt.py --ckpt_path runs/search_quick/version_0/checkpoints/last.ckpt \\
-        --model.eval_arch runs/search_quick/version_0/checkpoints/best_arch.json \\
-        --data.root my_task/ --save my_task.model.pt          # the meta-search's architecture
-    python adapt.py --ckpt_path ... --data.root my_task/ --save my_task.model.pt   # search on the task
-    python adapt.py --ckpt_path ... --data.root my_task/ --search.warm_start false  # the comparison
+        --data.root my_task/ --save my_task.model.pt             # the checkpoint's architecture
+    python adapt.py --ckpt_path ... --data.root my_task/ --model.eval_arch other_arch.json
+    python adapt.py --ckpt_path ... --data.root my_task/ --search.on_task true   # search on the task
+    python adapt.py --ckpt_path ... --data.root my_task/ --search.on_task true --search.warm_start false
     python adapt.py --help                                                         # every setting
 
 ``--data.root`` holds one folder per class, ``my_task/<class>/<image>`` (PNG, JPEG, BMP, GIF;
 any number of classes). Each class is split into train and held-out images
-(``--val_fraction``, seeded): a class needs at least 2 images with ``--model.eval_arch``, 3
-when the architecture is searched on the task. Then (``lightning_metanas/adaptation.py``):
+(``--val_fraction``, seeded): a class needs at least 2 images, 3 when the architecture is
+searched on the task. Then (``lightning_metanas/adaptation.py``):
 
-1. the architecture: ``--model.eval_arch`` (e.g. the meta-search's ``best_arch.json``:
-   chosen across many tasks, it needs no search here), or, without it, the best of
-   ``--search.scorings`` real scorings of the project's evolutionary search on the train
-   images, warm-started from the checkpoint's meta-population and predictor
-   (``--search.warm_start false``: from scratch);
+1. the architecture: by default the checkpoint's (after a meta-search, its best: chosen across
+   many tasks, which a few images of one task cannot overrule reliably); ``--model.eval_arch``
+   another; or, with ``--search.on_task true``, the best of ``--search.scorings`` real scorings
+   of the project's evolutionary search on the train images, warm-started from the
+   checkpoint's meta-population and predictor (``--search.warm_start false``: from scratch);
 2. its weights fine-tuned from the meta-weights on the train images (``--finetune.*``), and
    its BatchNorm statistics fixed to the train images', so the saved model classifies one
    image at a time;
@@ -108,13 +108,17 @@ def main(args: Optional[list[str]] = None) -> dict:
     images = load_image_folder(cli.data.root, image_size=image_size, channels=channels, invert=invert,
                                mean=preprocessing.mean, std=preprocessing.std)
     model = MetaNASModule.load_from_checkpoint(cli.ckpt_path, map_location="cpu", weights_only=True)
-    arch = model.load_architecture(cli.model.eval_arch) if cli.model.eval_arch else None
+    if cli.model.eval_arch:
+        arch = model.load_architecture(cli.model.eval_arch)
+    else:  # the checkpoint's own (a meta-search's best), unless a search on the task is asked for
+        arch = None if search.on_task else model.evaluated_architecture()
     check_images_per_class(images, searched=arch is None)
     train, val = split_image_folder(images, cli.val_fraction, seed=seed)
     result = adapt(model.supernet.to(device), model.meta, train, val, preprocessing, search, tuning,
                    search_state(checkpoint), arch, seed, cli.model.meta.eval_inner_steps)
 
-    how = ("given architecture" if not result.searched else
+    given = "the architecture of --model.eval_arch" if cli.model.eval_arch else "the checkpoint's architecture"
+    how = (given if not result.searched else
            f"{'warm-start' if search.warm_start else 'from-scratch'} search of {len(result.search.scored)} "
            f"scorings in {result.search.seconds:.1f}s")
     print(f"adapt: {how}, fine-tune in {result.finetune_seconds:.1f}s: held-out accuracy "

@@ -1,5 +1,7 @@
 """Search under a cost budget: the evolutionary search on one SuperNet, within each budget of
-``bench/ground_truth.BUDGETS`` (and with none), three seeds each.
+``bench/ground_truth.BUDGETS`` (and with none), three seeds each; and random search
+(``strategy=random``: uniform samples within the budget, the same number of real scorings on the
+same SuperNet and tasks) as its baseline.
 
     .venv/bin/python bench/budget_search.py --training fair --size_prior 0.1
     .venv/bin/python bench/ground_truth.py --only $(.venv/bin/python bench/budget_search.py --labels)
@@ -55,14 +57,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--size_prior", type=float, default=None, help="default: the one chosen in bench/ranking/omniglot_5w1s_v2.json")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budgets", nargs="+", default=["none", *BUDGETS])
+    parser.add_argument("--strategies", nargs="+", default=["evolution", "random"], choices=["evolution", "random"])
     parser.add_argument("--runs", default=str(ROOT / "runs/ranking_v2"))
     parser.add_argument("--out", default=str(OUT))
-    parser.add_argument("--labels", action="store_true", help="print the picks' labels (to train them) and stop")
+    parser.add_argument("--labels", action="store_true",
+                        help="print the picks' labels of --strategies (to train them) and stop")
     args = parser.parse_args(argv)
     out = Path(args.out)
     records = load(out) or []
     if args.labels:
-        print(" ".join(dict.fromkeys(r["label"] for r in records)))
+        print(" ".join(dict.fromkeys(r["label"] for r in records if r.get("strategy", "evolution") in args.strategies)))
         return 0
     prior = args.size_prior
     if prior is None:
@@ -82,18 +86,19 @@ def main(argv: Optional[list[str]] = None) -> int:
             budget = budget_of(name, conv4_ms or 0.0)
             costs = CostModel(model.space, hp.ways, hp.image_channels, hp.image_size, budget, supernet=model.supernet)
             costs.check_feasible()
-            for seed in args.seeds:
+            for strategy, seed in [(s, seed) for s in args.strategies for seed in args.seeds]:
                 if any(r["budget"] == name and r["seed"] == seed and r["size_prior"] == prior
-                       and r["training"] == args.training for r in records):
+                       and r["training"] == args.training and r.get("strategy", "evolution") == strategy
+                       for r in records):
                     continue
                 start = time.time()
-                config = SearchConfig(seed=seed, size_prior=prior, max_params=budget.max_params,
+                config = SearchConfig(seed=seed, size_prior=prior, max_params=budget.max_params, strategy=strategy,
                                       max_flops=budget.max_flops, max_latency_ms=budget.max_latency_ms)
                 search = EvolutionarySearch(model.space, config, fits=costs.fits)
                 search.run(scorer)
                 best = search.best()
                 records.append({
-                    "budget": name, "bounds": budget.as_dict(), "conv4_latency_ms": conv4_ms, "seed": seed,
+                    "budget": name, "strategy": strategy, "bounds": budget.as_dict(), "conv4_latency_ms": conv4_ms, "seed": seed,
                     "training": args.training, "size_prior": prior, "label": str(best.arch), "arch": best.arch.to_dict(),
                     "score": best.score, "accuracy": search.accuracies[best.arch], **costs.of(best.arch, latency=timed),
                     "real_scorings": len(search.archive), "generations": search.generation,
@@ -102,7 +107,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                     "command": "python bench/budget_search.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                 })
                 save(out, records)
-                print(f"{name:14s} seed {seed}: {best.arch} score {best.score:.4f} "
+                print(f"{name:14s} {strategy:9s} seed {seed}: {best.arch} score {best.score:.4f} "
                       f"({len(search.archive)} scored, {time.time() - start:.0f} s)", flush=True)
     return 0
 

@@ -72,6 +72,8 @@ class TaskSearchConfig:
     """The search on the task (adapt.py's ``--search.*``).
 
     Args:
+        on_task: search an architecture on the task's own images instead of adapting the
+            checkpoint's (after a meta-search: its best, chosen across many tasks).
         scorings: real scorings (candidates adapted and scored on the task).
         warm_start: start from the meta-population, with the meta-predictor screening
             offspring; false: random initial population, no predictor, same scorings and weights.
@@ -86,6 +88,7 @@ class TaskSearchConfig:
         score_queries: held-out query images per class in each partition (at most the rest).
     """
 
+    on_task: bool = False
     scorings: int = 24
     warm_start: bool = True
     population_size: Optional[int] = None
@@ -100,8 +103,9 @@ class TaskSearchConfig:
         for name, minimum in minimums.items():
             if getattr(self, name) is not None or name not in ("population_size", "offspring"):
                 require_int(f"--search.{name}", getattr(self, name), minimum)
-        if not isinstance(self.warm_start, bool):
-            raise SettingsError(f"--search.warm_start must be true or false, got {self.warm_start!r}")
+        for name in ("on_task", "warm_start"):
+            if not isinstance(getattr(self, name), bool):
+                raise SettingsError(f"--search.{name} must be true or false, got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -323,8 +327,8 @@ def check_images_per_class(data: LabelledImages, searched: bool) -> None:
     counts = torch.bincount(data.labels, minlength=data.num_classes).tolist()
     for name, count in zip(data.class_names, counts):
         if count < need:
-            why = ("2 to fine-tune and score candidates on, 1 held out; a given architecture "
-                   "(--model.eval_arch) needs 2") if searched else "1 to fine-tune on, 1 held out"
+            why = ("2 to fine-tune and score candidates on, 1 held out; without --search.on_task "
+                   "2 suffice") if searched else "1 to fine-tune on, 1 held out"
             raise SettingsError(f"class {name!r} has {count} image(s); adapting needs at least {need} per class ({why})")
 
 
@@ -354,7 +358,7 @@ def adapt(
     if searched and search.warm_start and not search_state:
         raise SettingsError(
             "the checkpoint holds no search state (it was not written by a run with a search) to "
-            "warm-start from; use --search.warm_start false, or give --model.eval_arch")
+            "warm-start from; use --search.warm_start false")
     if train.num_classes != val.num_classes:
         raise SettingsError("train and held-out images have different classes")
     base = SearchConfig.from_dict(search_state["config"]) if search_state else SearchConfig()

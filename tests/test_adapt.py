@@ -282,14 +282,22 @@ def search_checkpoint(tmp_path_factory):
 @pytest.mark.slow
 def test_adapt_warm_and_scratch_on_an_image_folder(search_checkpoint, tmp_path):
     folder = write_shapes(tmp_path / "shapes", per_class=8)
-    common = ["--ckpt_path", str(search_checkpoint), "--data.root", str(folder), "--search.scorings", "6",
-              "--finetune.steps", "40", "--seed_everything", "0"]
+    plain = ["--ckpt_path", str(search_checkpoint), "--data.root", str(folder), "--finetune.steps", "40",
+             "--seed_everything", "0"]
+    common = [*plain, "--search.on_task", "true", "--search.scorings", "6"]
     procs = {
+        "given": start(*plain, "--out", str(tmp_path / "given.json")),
         "warm": start(*common, "--out", str(tmp_path / "warm.json")),
         "scratch": start(*common, "--search.warm_start", "false", "--out", str(tmp_path / "scratch.json")),
     }
     checkpoint = torch.load(search_checkpoint, weights_only=True)
     meta = next(v for k, v in checkpoint["callbacks"].items() if "EvolutionCallback" in k)
+    # by default the checkpoint's architecture (the meta-search's best) is adapted, unsearched
+    out, _ = finish(procs["given"])
+    given = json.loads((tmp_path / "given.json").read_text())
+    best = json.loads((search_checkpoint.parent / "best_arch.json").read_text())
+    assert given["searched"] is False and Architecture.from_dict(given["arch"]) == Architecture.from_dict(best), out
+    assert "adapt: the checkpoint's architecture, fine-tune in" in out
     results = {}
     for mode in ("warm", "scratch"):
         out, _ = finish(procs[mode])

@@ -171,3 +171,32 @@ def test_results_table_gives_mean_and_sd_over_seeds_and_marks_figures_not_rerun(
     assert "1: 94.00 ± 1.00 / 91.00 ± 1.00†" in row and "0: 90.00 ± 1.00 / 89.00 ± 1.00," in row
     assert "† not rerun: an earlier table." in out
     assert "5w1s conv4 1, 5w1s search 1" in out  # the median wall time skips the figure not rerun
+
+
+def test_budget_table_sets_search_against_random_search_zero_cost_largest_and_oracle(tmp_path, capsys):
+    from bench import budget_table
+
+    def truth(label, acc, budgets):
+        runs = [{"seed": s, "test_acc": acc} for s in (0, 1)]
+        return {"label": label, "test_acc": acc, "runs": runs, "budgets": budgets}
+
+    entries = [truth("a", 0.90, ["flops3M"]), truth("b", 0.80, ["flops3M"]), truth("c", 0.70, ["flops3M"]),
+               truth("big", 0.95, []), truth("one_seed", 0.99, ["flops3M"])]
+    entries[-1]["runs"] = entries[-1]["runs"][:1]  # one seed: not in the table yet
+    searches = [{"budget": "flops3M", "strategy": "evolution", "label": "a"},
+                {"budget": "flops3M", "strategy": "evolution", "label": "b"},
+                {"budget": "flops3M", "strategy": "random", "label": "c"},
+                {"budget": "flops3M", "strategy": "random", "label": "not_trained"}]
+    files = {"ground_truth": entries, "searches": searches, "ranking": {"chosen_rule": "rule: depth_flops"},
+             "archs": {"rule_picks": {"flops3M:depth_flops": "c", "flops3M:params": "b"}}}
+    for name, content in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(content))
+    out = tmp_path / "table.json"
+    assert budget_table.main([*(x for n in files for x in (f"--{n}", str(tmp_path / f"{n}.json"))), "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["rows"]["flops3M"]
+    assert row["search"] == pytest.approx(0.85) and row["random_search"] is None  # one random pick untrained
+    assert row["random_search_picks"] == [0.70, None]
+    assert row["zero_cost"] == ["c", 0.70] and row["largest"] == ["b", 0.80]
+    assert row["random"] == pytest.approx(0.80) and row["random_n"] == 3 and row["oracle"] == ["a", 0.90]
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| flops3M"))
+    assert "| 85.00 | 90.00, 80.00 | not trained | 70.00 | 80.00 | 80.00 (3) | 90.00 | +15.00 | +5.00 |" in line

@@ -274,7 +274,7 @@ def test_rgb_dataset_end_to_end(tmp_path):
 
     # a split folder is a labelled image folder: adapt to the test classes
     record = adapt_cli.main(["--ckpt_path", str(checkpoints / "last.ckpt"), "--data.root",
-                             str(root / "test"), "--search.scorings", "2", "--finetune.steps", "5",
+                             str(root / "test"), "--search.on_task", "true", "--search.scorings", "2", "--finetune.steps", "5",
                              "--search.tasks_per_score", "1", "--search.score_shots", "2", "--search.score_queries", "2"])
     assert (record["preprocessing"]["channels"], record["classes"], record["scorings"]) == (3, 4, 2)
     normalization = checkpoint["EpisodicDataModule"]["normalization"]
