@@ -64,12 +64,14 @@ def shown(command: list[str], root: Path = ROOT) -> str:
 
 @contextlib.contextmanager
 def others_paused(enabled: bool = True) -> Iterator[None]:
-    """SIGSTOP every other ``train.py``/``eval.py`` process of this user for the block (they
-    resume with SIGCONT afterwards, their results unchanged: only their wall time grows)."""
+    """SIGSTOP every other ``train.py``/``eval.py`` process and every other bench of this user
+    for the block (they resume with SIGCONT afterwards, their results unchanged: only their
+    wall time grows), so what the block times has the cores to itself."""
     pids: list[int] = []
     if enabled:
-        found = subprocess.run(["pgrep", "-u", str(os.getuid()), "-f", r"(train|eval)\.py"], capture_output=True, text=True)
-        pids = [int(p) for p in found.stdout.split() if int(p) != os.getpid()]
+        found = subprocess.run(["pgrep", "-u", str(os.getuid()), "-f", r"python.*((train|eval)\.py|bench/\w+\.py)"],
+                               capture_output=True, text=True)
+        pids = [int(p) for p in found.stdout.split() if int(p) not in (os.getpid(), os.getppid())]
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGSTOP)
