@@ -167,6 +167,8 @@ def test_results_commands_parse_with_equal_budgets(setting):
         args = line.split("python train.py ", 1)[1].split()
         configs[arm] = yaml.safe_load(run("train.py", *args, "--print_config").stdout)
     conv4, search = configs["Conv-4 (MAML baseline)"], configs["searched"]
+    group = yaml.safe_load((ROOT / "configs" / "meta" / f"cpu_omniglot_{setting.split('w')[0]}way.yaml").read_text())
+    assert {k: conv4["model"]["meta"][k] for k in group} == group == {k: search["model"]["meta"][k] for k in group}
     assert conv4["data"] == search["data"] and conv4["data"]["shots"] == int(setting[-2])
     assert conv4["trainer"]["max_epochs"] == search["trainer"]["max_epochs"]
     assert conv4["model"]["train_arch"] == "reference" and search["model"]["train_arch"] is None
@@ -177,6 +179,29 @@ def test_results_commands_parse_with_equal_budgets(setting):
     assert settings["generations"] >= 1 and 2 * (last_search_epoch + 1) == epochs
     assert settings["strategy"] == "evolution" and settings["size_prior"] > 0
     assert search["model"]["sampling"] == "fair"
+
+
+def test_meta_config_groups_resolve_from_any_directory(tmp_path):
+    """A config names its MAML loop as a group file (``meta: meta/<name>.yaml``, relative to
+    the config); every group named exists, holds MetaConfig fields only, and resolves the
+    same whichever directory the command runs from."""
+    from lightning_metanas.meta_config import MetaConfig
+
+    fields = set(MetaConfig.__dataclass_fields__)
+    named = set()
+    for config in (ROOT / "configs").rglob("*.yaml"):
+        for line in config.read_text().splitlines():
+            if line.strip().startswith("meta: "):
+                group = (config.parent / line.split(": ", 1)[1].strip()).resolve()
+                assert group.is_file(), (config, group)
+                assert set(yaml.safe_load(group.read_text())) <= fields
+                named.add(group)
+    assert len(named) == len(list((ROOT / "configs" / "meta").glob("*.yaml"))) == 5  # each group is used
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/omniglot_20w5s.yaml"),
+                           "--print_config"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    meta = yaml.safe_load(proc.stdout)["model"]["meta"]
+    expected = yaml.safe_load((ROOT / "configs/meta/maml_omniglot_20way.yaml").read_text())
+    assert {k: meta[k] for k in expected} == expected and meta["inner_steps"] == 5, proc.stderr
 
 
 def _cli(*args):
