@@ -334,15 +334,20 @@ def _fake_trainer(**kwargs):
 
 
 def _architectures_of_step(step: int, tasks: int = 4, seed: int = 0) -> str:
-    """What the guard must name for a step of a synthetic run (uniform sampling over the
-    SYNTHETIC space, rank 0): drawn here the way MetaNASModule.step_rng documents it, each
-    distinct one once with its count."""
+    """What the guard must name for a step of a synthetic run (the module's default sampling
+    rule, ``fair``, over the SYNTHETIC space, rank 0): drawn here the way
+    MetaNASModule.step_rng documents it, each distinct one once with its count."""
+    import inspect
     import random
 
+    from lightning_metanas.module import MetaNASModule
+    from lightning_metanas.samplers import draw
     from lightning_metanas.search_space import SearchSpace
 
+    rule = inspect.signature(MetaNASModule).parameters["sampling"].default
+    assert rule == "fair"  # what train.py and the module use unless told otherwise
     rng = random.Random(f"{seed}/0/{step}")
-    archs = [str(SearchSpace(widths=(8, 16), depths=(2, 3)).sample(rng)) for _ in range(tasks)]
+    archs = [str(a) for a in draw(SearchSpace(widths=(8, 16), depths=(2, 3)), rng, tasks, rule)]
     return ", ".join(f"{a} (x{archs.count(a)})" if archs.count(a) > 1 else a for a in dict.fromkeys(archs))
 
 
