@@ -121,6 +121,7 @@ def run_one(setting: str, arm: str, seed: int, args: argparse.Namespace) -> Opti
         "setting": setting, "arm": arm, "seed": seed,
         "acc": result["acc"], "ci95": result["acc_ci95"], "test_tasks": result["tasks"],
         "acc_inductive": result.get("acc_support"), "ci95_inductive": result.get("acc_support_ci95"),
+        "acc_transductive": result.get("acc_transductive"), "ci95_transductive": result.get("acc_transductive_ci95"),
         "arch": arch.to_dict(), "label": str(arch),
         "params": net.num_parameters(arch), "flops": net.flops(arch, 28),
         "latency_ms": round(ms, 4), "latency_vs_conv4": round(ms / reference, 4),
