@@ -21,6 +21,7 @@ SETTINGS = {  # setting: (label, MAML published, T-NAS++ published)
     "20w1s": ("20-way 1-shot", "95.8", "—"),
     "20w5s": ("20-way 5-shot", "98.9", "—"),
 }
+ARMS = {"conv4": "Conv-4", "search": "searched"}
 
 
 def spread(values: list[float]) -> str:
@@ -76,7 +77,43 @@ def main(argv: list[str]) -> int:
     if minutes:
         print("\nMedian wall time per run (minutes, one thread each, 2-4 runs side by side on 2 cores): " + ", ".join(
             f"{setting} {arm} {statistics.median(m):.0f}" for (setting, arm), m in sorted(minutes.items())))
+    support = norm_table(entries)
+    if support:
+        print("\n" + support)
     return 0
+
+
+def norm_table(entries: list[dict]) -> str:
+    """Issue 20's question: does meta-training with the normalisation a deployed model uses
+    (``--model.meta.norm=support``: each query image alone, with the adapted support images'
+    statistics) bring one-image accuracy within reach of today's transductive figure? Per setting
+    and arm: the arm as trained today (batch statistics, MAML's protocol), the same arm trained
+    and tested with support statistics (one image at a time), and that run's batch-statistics
+    figure of the same adapted weights."""
+    rows = []
+    for setting, (label, _, _) in SETTINGS.items():
+        for arm in ("conv4", "search"):
+            support = {e["seed"]: e for e in entries if e["setting"] == setting and e["arm"] == f"{arm}_support"}
+            if not support:
+                continue
+            today = {e["seed"]: e["acc"] for e in entries if e["setting"] == setting and e["arm"] == arm}
+            seeds = sorted(support)
+            one = [support[s]["acc"] for s in seeds]
+            batch = [support[s]["acc_transductive"] for s in seeds if support[s].get("acc_transductive") is not None]
+            paired = [support[s]["acc"] - today[s] for s in seeds if s in today]
+            per_seed = ", ".join(f"{s}: {100 * support[s]['acc']:.2f} ± {100 * support[s]['ci95']:.2f}"
+                                 + (f" / {100 * today[s]:.2f}" if s in today else "") for s in seeds)
+            rows.append(f"| {label} | {ARMS[arm]} | {', '.join(map(str, seeds))} | "
+                        f"{spread(list(today.values())) if today else '—'} | {spread(one)} | "
+                        f"{spread(batch) if batch else '—'} | "
+                        f"{f'{100 * statistics.fmean(paired):+.2f}' if paired else '—'} | {per_seed} |")
+    if not rows:
+        return ""
+    return "\n".join([
+        "| setting | arm | seeds (support) | trained as today: batch statistics (today's figure) | "
+        "trained with support statistics: **one image at a time** | same weights, batch statistics | "
+        "one image − today's figure (same seeds) | per seed: one image ± 95% / today's |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |", *rows])
 
 
 if __name__ == "__main__":

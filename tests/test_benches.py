@@ -173,6 +173,25 @@ def test_results_table_gives_mean_and_sd_over_seeds_and_marks_figures_not_rerun(
     assert "5w1s conv4 1, 5w1s search 1" in out  # the median wall time skips the figure not rerun
 
 
+def test_results_table_sets_support_trained_one_image_accuracy_against_todays_batch_figure(tmp_path, capsys):
+    from bench import results_table
+
+    def entry(arm, seed, acc, **extra):
+        return {"setting": "5w1s", "arm": arm, "seed": seed, "acc": acc, "ci95": 0.01, "label": arm,
+                "params": 2000, "flops": 1e6, "seconds": 60.0, **extra}
+
+    path = tmp_path / "omniglot.json"
+    path.write_text(json.dumps([
+        entry("conv4", 0, 0.90), entry("conv4", 1, 0.92),
+        entry("conv4_support", 0, 0.87, acc_transductive=0.895), entry("conv4_support", 1, 0.90, acc_transductive=0.915),
+    ]))
+    assert results_table.main([str(path)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| 5-way 1-shot | Conv-4 |"))
+    # today's 91.00 (batch statistics) against the support-trained runs one image at a time, paired by seed
+    assert "| 0, 1 | **91.00** ± 1.41 | **88.50** ± 2.12 | **90.50** ± 1.41 | -2.50 |" in row
+    assert "0: 87.00 ± 1.00 / 90.00, 1: 90.00 ± 1.00 / 92.00 |" in row
+
+
 def test_budget_table_sets_search_against_random_search_zero_cost_largest_and_oracle(tmp_path, capsys):
     from bench import budget_table
 
