@@ -339,7 +339,6 @@ def task_scorer(adapter: TaskAdapter, supernet: SuperNet, tasks: Tasks, steps: i
                   supernet.largest_num_parameters(), size_prior)
 
 
-
 def check_images_per_class(data: LabelledImages, searched: bool) -> None:
     """Every class has the images this adaptation needs, else one line naming the class and
     the real minimum."""

@@ -61,6 +61,14 @@ def wandb_records(path: Path):
     return records
 
 
+def offline_wandb_run(tmp_path, *args):
+    """train.py with an offline W&B run: the run's file, its records, and its history records."""
+    train(tmp_path, *args, wandb=True)
+    (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    records = wandb_records(run_file)
+    return run_file, records, [r.history for r in records if r.WhichOneof("record_type") == "history"]
+
+
 def key(item) -> str:
     return "/".join(item.nested_key) if item.nested_key else item.key
 
@@ -72,11 +80,7 @@ def test_offline_wandb_run_holds_population_curve_scatter_front_and_artifact(tmp
             f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.logger.init_args.name=metanas",
             # let the predictor steer from the second generation on, whatever its tau on 6 points
             "--search.predictor.min_tau=-1"]
-    train(tmp_path, *args, wandb=True)
-
-    (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
-    records = wandb_records(run_file)
-    history = [r.history for r in records if r.WhichOneof("record_type") == "history"]
+    run_file, records, history = offline_wandb_run(tmp_path, *args)
     logged = {key(item) for h in history for item in h.item}
     # per generation: the population table, the search curve, the scatter, the front, the PNGs
     for name in ("search/population/_type", "search/curve_table/_type",
@@ -202,10 +206,7 @@ def test_wandb_logs_each_of_the_generations_of_one_epoch_as_its_own_step(tmp_pat
             "--search.tournament_size=2", "--search.tasks_per_score=3", "--search.score_queries=2",
             f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.logger.init_args.name=quick",
             "--wandb.offline=true"]
-    train(tmp_path, *args, wandb=True)
-    (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
-    records = wandb_records(run_file)
-    history = [r.history for r in records if r.WhichOneof("record_type") == "history"]
+    _, records, history = offline_wandb_run(tmp_path, *args)
     generations = []
     for h in history:
         items = {key(i): i.value_json for i in h.item}
