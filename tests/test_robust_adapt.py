@@ -267,6 +267,10 @@ def test_adapt_py_names_the_class_left_with_too_few_images(tmp_path, capsys):
     assert captured.err == (f"error: class folder {folder / 'hbars'} has 1 image that decode (hbars/01.png do not); "
                             "every class needs at least 2 (one for training, one for validation)\n")
     assert "data: skipped hbars/01.png, which does not decode" in captured.out
-    assert run_main(lambda: adapt_cli.main(["--ckpt_path", str(ckpt), "--data.root", str(folder),
-                                            "--suspects.score", "vote"])) == 1
-    assert "--suspects.score must be one of ['prototype', 'aum', 'margin', 'loss'], got 'vote'" in capsys.readouterr().err
+    # a bad choice is refused by the parser, as every choice flag is (e.g. --finetune.optimizer)
+    with pytest.raises(SystemExit):
+        adapt_cli.main(["--ckpt_path", str(ckpt), "--data.root", str(folder), "--suspects.score", "vote"])
+    err = capsys.readouterr().err
+    assert "suspects.score" in err and "'prototype', 'aum', 'margin', 'loss'" in err and "vote" in err
+    with pytest.raises(SettingsError, match=r"--suspects.score must be one of \['prototype', 'aum', 'margin', 'loss'\], got 'vote'"):
+        SuspectConfig(score="vote")
