@@ -33,14 +33,18 @@ class SuspectConfig:
 
     Args:
         score: one of ``prototype``, ``aum``, ``margin``, ``loss`` (module docstring).
-        threshold: an image whose score exceeds it is listed as a suspect (chosen on
-            Omniglot's validation classes for the ``prototype`` score).
+        threshold: an image whose score exceeds it is listed as a suspect. 0.24 was chosen on
+            Omniglot's validation classes for the ``prototype`` score
+            (``bench/robust_adapt_threshold.py`` -> ``bench/robust_adapt/threshold_val.json``:
+            the largest worst-network precision-recall minimum at 20% label noise; there, 5-way
+            5-shot, 200 tasks, Conv-4 and a 5-layer net: precision 0.81 / 0.87, recall 0.83 /
+            0.81, 0.75 / 0.57 images flagged per clean task of 25).
         drop: adapt again from the meta-weights without the suspects (adapt.py's
             ``--drop_suspects``).
     """
 
     score: Literal["prototype", "aum", "margin", "loss"] = "prototype"
-    threshold: float = 0.0
+    threshold: float = 0.24
     drop: bool = False
 
     def __post_init__(self) -> None:
