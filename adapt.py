@@ -26,6 +26,14 @@ searched on the task. Then (``lightning_metanas/adaptation.py``):
    (the meta-test's transductive protocol), and the model saved (``--save``, default next to
    ``--out``) for ``predict.py`` and ``python -m lightning_metanas.export``.
 
+Folders from site are imbalanced and have wrong labels, so before adapting it prints what it
+found (``data:`` lines, also in ``--out``): images per class and the imbalance ratio, files
+copied byte for byte into two classes, classes with too few images, files that do not decode
+(skipped). Fine-tuning weighs classes equally (``--finetune.balanced``). After adapting it
+lists the train images whose label the meta-learned features disagree with (``suspects:``,
+``--suspects.*``; ``--drop_suspects true`` adapts again without them), the held-out recall per
+class and the confusion matrix (drawn next to the saved model, ``<model>.confusion.png``).
+
 Flags have the names train.py gives the same settings (README, "One name per setting"). A bad
 input stops with one line ``error: <what to change>`` and exit status 1. The checkpoint is
 loaded with ``torch.load(weights_only=True)``: nothing in it is executed.
@@ -40,12 +48,15 @@ from typing import Optional
 from jsonargparse import ArgumentParser
 
 from lightning_metanas.adapted_model import Preprocessing
-from lightning_metanas.adaptation import FinetuneConfig, TaskSearchConfig, adapt, check_images_per_class
+from lightning_metanas import heldout
+from lightning_metanas.adaptation import (MIN_IMAGES_GIVEN, MIN_IMAGES_SEARCH, AdaptResult, FinetuneConfig,
+                                          TaskSearchConfig, adapt, check_images_per_class)
 from lightning_metanas.checkpoints import CheckpointError, data_state, read_checkpoint, search_state
 from lightning_metanas.commands import add_shared, check_retired, device_for
-from lightning_metanas.data.folder import list_image_folder, load_image_folder, split_image_folder
+from lightning_metanas.data_summary import DataSummary, decode_folder, named, split_with_indices, survey_folder
 from lightning_metanas.errors import SettingsError, require_int, run_main
 from lightning_metanas.module import MetaNASModule
+from lightning_metanas.suspects import SuspectConfig
 
 RETIRED = {
     "--data_root": "--data.root", "--image_size": "--data.image_size", "--channels": "--data.channels",
@@ -81,7 +92,29 @@ def parse(args: Optional[list[str]] = None):
                         help="Write the adapted model here (default: next to --out, <out>.model.pt).")
     parser.add_class_arguments(TaskSearchConfig, "search", instantiate=False)
     parser.add_class_arguments(FinetuneConfig, "finetune", instantiate=False)
+    parser.add_class_arguments(SuspectConfig, "suspects", instantiate=False, skip={"drop"})
+    parser.add_argument("--drop_suspects", type=bool, default=SuspectConfig.drop,
+                        help="Adapt again from the meta-weights without the suspect images.")
     return parser.parse_args(args)
+
+
+def minimum_images(searched: bool) -> tuple[int, str]:
+    """Images a class needs, and why."""
+    if searched:
+        return MIN_IMAGES_SEARCH, "2 to fine-tune and score candidates on, 1 held out; without --search.on_task 2 suffice"
+    return MIN_IMAGES_GIVEN, "one for training, one for validation"
+
+
+def report_suspects(result: AdaptResult, suspects: SuspectConfig, summary: DataSummary, paths: list[str],
+                    train_at: list[int], n_train: int) -> list[dict]:
+    """Print the suspects (most suspect first) and return them as ``--out`` records them."""
+    scores = result.suspect_scores[suspects.score]
+    rows = [{"file": named(paths, [train_at[i]], summary.root)[0], "score": float(scores[i])} for i in result.suspects]
+    listed = ": " + ", ".join(f"{r['file']} ({r['score']:.2f})" for r in rows) if rows else ""
+    dropped = "; adapted again without them (--drop_suspects)" if result.dropped else ""
+    print(f"suspects: {len(rows)} of {n_train} training images look filed under the wrong class "
+          f"(--suspects.score {suspects.score} above {suspects.threshold:g}){dropped}{listed}")
+    return rows
 
 
 def main(args: Optional[list[str]] = None) -> dict:
@@ -91,7 +124,12 @@ def main(args: Optional[list[str]] = None) -> dict:
     if not Path(cli.ckpt_path).is_file():
         raise CheckpointError(f"--ckpt_path {cli.ckpt_path}: no such file")
     device = device_for(cli.trainer.accelerator)
-    list_image_folder(cli.data.root)  # layout errors before the checkpoint is read
+    suspects = SuspectConfig(**vars(cli.suspects), drop=cli.drop_suspects)
+    minimum, why = minimum_images(search.on_task and not cli.model.eval_arch)
+    summary = survey_folder(cli.data.root)  # layout errors before the checkpoint is read
+    if summary.too_few(minimum):
+        print("\n".join(summary.lines(minimum)))
+        summary.check(minimum, why)
     checkpoint = read_checkpoint(cli.ckpt_path)
     hparams, state = checkpoint["hyper_parameters"], data_state(checkpoint)
     data = state.get("settings") or {}
@@ -105,17 +143,18 @@ def main(args: Optional[list[str]] = None) -> dict:
     # the meta-training data's per-channel normalisation, so the task looks like it
     normalization = state.get("normalization") or {}
     preprocessing = Preprocessing(image_size, channels, bool(invert), normalization.get("mean"), normalization.get("std"))
-    images = load_image_folder(cli.data.root, image_size=image_size, channels=channels, invert=invert,
-                               mean=preprocessing.mean, std=preprocessing.std)
+    images, paths = decode_folder(summary, preprocessing)
+    print("\n".join(summary.lines(minimum)))
+    summary.check(minimum, why)
     model = MetaNASModule.load_from_checkpoint(cli.ckpt_path, map_location="cpu", weights_only=True)
     if cli.model.eval_arch:
         arch = model.load_architecture(cli.model.eval_arch)
     else:  # the checkpoint's own (a meta-search's best), unless a search on the task is asked for
         arch = None if search.on_task else model.evaluated_architecture()
     check_images_per_class(images, searched=arch is None)
-    train, val = split_image_folder(images, cli.val_fraction, seed=seed)
+    train, val, train_at, val_at = split_with_indices(images, cli.val_fraction, seed)
     result = adapt(model.supernet.to(device), model.meta, train, val, preprocessing, search, tuning,
-                   search_state(checkpoint), arch, seed, cli.model.meta.eval_inner_steps)
+                   search_state(checkpoint), arch, seed, cli.model.meta.eval_inner_steps, suspects, suspects.drop)
 
     given = "the architecture of --model.eval_arch" if cli.model.eval_arch else "the checkpoint's architecture"
     how = (given if not result.searched else
@@ -124,13 +163,20 @@ def main(args: Optional[list[str]] = None) -> dict:
     print(f"adapt: {how}, fine-tune in {result.finetune_seconds:.1f}s: held-out accuracy "
           f"{100 * result.val_acc:.2f}% one image at a time ({100 * result.val_acc_transductive:.2f}% as one batch) "
           f"on {images.num_classes} classes ({len(val.labels)} images), architecture {result.arch}")
+    suspect_rows = report_suspects(result, suspects, summary, paths, train_at, len(train.labels))
+    matrix = heldout.confusion_matrix(result.predictions, val.labels, images.num_classes)
+    print("\n".join(heldout.lines(matrix, images.class_names)))
     record = {
         "arch": result.arch.to_dict(), "val_acc": result.val_acc, "val_acc_transductive": result.val_acc_transductive,
         "searched": result.searched, "finetune_seconds": result.finetune_seconds, "seed": seed,
         "classes": images.num_classes, "class_names": list(images.class_names), "n_train": len(train.labels),
         "n_val": len(val.labels), "head": result.head, "preprocessing": vars(preprocessing), "device": str(device),
         "ckpt_path": cli.ckpt_path, "data_root": cli.data.root, "search_settings": vars(search),
-        "finetune_settings": vars(tuning),
+        "finetune_settings": vars(tuning), "data": summary.to_dict(minimum),
+        "suspects": suspect_rows, "suspect_settings": vars(suspects), "suspects_dropped": result.dropped,
+        "held_out_recall": dict(zip(images.class_names, heldout.recall_per_class(matrix))),
+        "balanced_acc": heldout.balanced_accuracy(matrix), "confusion": matrix.tolist(),
+        "held_out_files": named(paths, val_at, summary.root),
     }
     if result.search is not None:
         record |= {"search_seconds": result.search.seconds, "scorings": len(result.search.scored),
@@ -142,6 +188,8 @@ def main(args: Optional[list[str]] = None) -> dict:
         result.model.info = {k: record[k] for k in ("val_acc", "val_acc_transductive", "ckpt_path", "data_root",
                                                     "n_train", "seed")}
         record["model"] = str(result.model.save(save))
+        record["confusion_plot"] = str(heldout.plot_confusion(matrix, images.class_names,
+                                                             Path(save).with_suffix(".confusion.png")))
         print(f"saved the adapted model to {record['model']} (predict.py --model {record['model']} <images>)")
     if cli.out:
         out = Path(cli.out)

@@ -29,12 +29,10 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.common import cpu_model, git_commit, save  # noqa: E402
-from lightning_metanas import seeding  # noqa: E402
+from bench.omniglot_tasks import omniglot_tasks  # noqa: E402
 from lightning_metanas.adapted_model import AdaptedModel, Preprocessing  # noqa: E402
 from lightning_metanas.adaptation import FinetuneConfig, TaskSearchConfig, adapt  # noqa: E402
 from lightning_metanas.checkpoints import data_settings, read_checkpoint, search_state  # noqa: E402
-from lightning_metanas.data import load_omniglot, omniglot_split  # noqa: E402
-from lightning_metanas.data.images import LabelledImages  # noqa: E402
 from lightning_metanas.module import MetaNASModule  # noqa: E402
 
 MODES = ("given", "warm", "scratch")
@@ -47,22 +45,7 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
 
 def tasks(root: str, split_seed: int, count: int, ways: int, shots: int, held_out: int, seed: int):
     """``count`` tasks of unseen test characters: (train, held-out) image sets."""
-    data = load_omniglot(root, image_size=28)
-    test_ids = omniglot_split(split_seed, data.num_classes)[2]
-    for t in range(count):
-        rng = seeding.rng(seed, "adapt_omniglot", t)
-        classes = rng.sample(test_ids, ways)
-        train, val, tr_labels, val_labels = [], [], [], []
-        for label, c in enumerate(classes):
-            drawings = data.images[data.labels == c]
-            order = rng.sample(range(len(drawings)), shots + held_out)
-            train.append(drawings[order[:shots]])
-            val.append(drawings[order[shots:]])
-            tr_labels += [label] * shots
-            val_labels += [label] * held_out
-        names = [data.class_names[c] for c in classes]
-        yield (LabelledImages(torch.cat(train), torch.tensor(tr_labels), names),
-               LabelledImages(torch.cat(val), torch.tensor(val_labels), names))
+    return omniglot_tasks(root, split_seed, "test", count, [shots] * ways, held_out, seed, "adapt_omniglot")
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -7,7 +7,9 @@ The algorithm is ``lightning_metanas.evolution.EvolutionarySearch`` and the scor
 this callback only schedules them, shards the real scoring over DDP ranks, broadcasts rank 0's
 decisions, hands the new population to the LightningModule's sampler, logs each generation's
 record and writes the search's files (``lightning_metanas.search_files``) next to the
-checkpoints.
+checkpoints; when the search ends, with the weights it chose on, ``why.json``
+(``lightning_metanas.explain``: the best architecture's one-edit counterfactuals; a search
+without an end, ``search.generations=null``, is explained when training ends).
 
 train.py adds it, first in the trainer's list, whenever the command line or a config has a
 ``search`` section (``--search.<field>``, ``lightning_metanas.cli``). Why
@@ -29,6 +31,7 @@ from callbacks.progress import scoring_progress
 from lightning_metanas.costs import CostModel
 from lightning_metanas.errors import SettingsError
 from lightning_metanas.evolution import EvolutionarySearch, GenerationRecord
+from lightning_metanas.explain import explain, write_why
 from lightning_metanas.samplers import FixedSampler, PopulationSampler
 from lightning_metanas.scoring import Scorer, Tasks, first_tasks, score_architectures
 from lightning_metanas.search_config import SearchConfig
@@ -54,6 +57,8 @@ class EvolutionCallback(Callback):
         self._export_dir: Optional[Path] = None
         self._scorer_step: Optional[int] = None
         self.populations: dict[int, list[dict]] = {}  # generation -> its population's rows (rank 0)
+        self.why: Optional[dict] = None  # the explanation written (rank 0)
+        self._explained = False
         self._wandb_axis = False
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -97,6 +102,10 @@ class EvolutionCallback(Callback):
                 break
             self.run_generation(trainer, pl_module)
 
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._explained and self.search.history:  # a search without an end: explained now
+            self.explain_best(trainer, pl_module)
+
     def state_dict(self) -> dict[str, Any]:
         return self.search.state_dict() if self.search is not None else {}
 
@@ -127,16 +136,18 @@ class EvolutionCallback(Callback):
             self._scorer_step = trainer.global_step
         return self.scorer
 
-    def score_sharded(self, trainer: pl.Trainer, pl_module: pl.LightningModule, archs: list[Architecture]) -> list[float]:
-        """Raw accuracies: each rank scores every ``world_size``-th architecture; a sum-reduce of
-        the zero-padded vectors gives every rank all of them."""
+    def score_sharded(self, trainer: pl.Trainer, pl_module: pl.LightningModule, archs: list[Architecture],
+                      tasks: Optional[int] = None, description: Optional[str] = None) -> list[float]:
+        """Raw accuracies on the first ``tasks`` scoring tasks (``None``: all): each rank scores
+        every ``world_size``-th architecture; a sum-reduce of the zero-padded vectors gives every
+        rank all of them."""
         rank, world = trainer.global_rank, trainer.world_size
-        tasks = self.scoring_tasks(trainer, pl_module)
+        scoring = tuple(t[:tasks] for t in self.scoring_tasks(trainer, pl_module))
         mine = list(range(rank, len(archs), world))
-        description = f"generation {self.search.generation}: scoring"
+        description = description or f"generation {self.search.generation}: scoring"
         with scoring_progress(trainer, len(mine), description) as advance:
             local = score_architectures(
-                pl_module.adapter, [archs[i] for i in mine], tasks,
+                pl_module.adapter, [archs[i] for i in mine], scoring,
                 pl_module.meta.eval_inner_steps, progress=advance,
             )
         scores = torch.zeros(len(archs), dtype=torch.float64, device=pl_module.device)
@@ -169,7 +180,37 @@ class EvolutionCallback(Callback):
                 write_search_files(self._export_dir, search, self.scored)
             self._log(trainer, record)
             print(generation_line(record, self.config.generations, len(search.archive)), flush=True)
+        if search.finished:
+            self.explain_best(trainer, pl_module)
         return record
+
+    def explain_best(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Optional[dict]:
+        """``why.json`` of the search's best architecture under the current weights, on the
+        search's scoring tasks (the first ``search.why.tasks`` of them) with its size prior;
+        computed on every rank (the scoring is sharded), written by rank 0."""
+        settings = self.config.why
+        self._explained = True
+        if not settings.enabled or self._export_dir is None:
+            return None
+        count = len(self.scoring_tasks(trainer, pl_module)[0])
+        if settings.tasks is None or settings.tasks >= count:
+            scorer = self.scorer_for(trainer, pl_module)
+        else:
+            count = settings.tasks
+            scorer = Scorer(lambda archs: self.score_sharded(trainer, pl_module, archs, count, "why: scoring"),
+                            self.costs.params, pl_module.supernet.largest_num_parameters(), self.config.size_prior)
+        archive = self.scored["archive"] if trainer.is_global_zero and self.scored else None
+        why = explain(self.search.best().arch, pl_module.space, scorer, self.costs, archive=archive,
+                      predictor=self.search.predictor, config=settings, tasks=count,
+                      steps=pl_module.meta.eval_inner_steps)
+        if trainer.is_global_zero:
+            self.why = why
+            write_why(self._export_dir, why)
+            cost = why["cost"]
+            print(f"search: why.json: {cost['candidates']} architectures one edit from the best or it, "
+                  f"{cost['scorings']} scored now ({cost['seconds']:.1f} s, {count} tasks); layers by importance "
+                  f"{', '.join(map(str, why['importance']))}", flush=True)
+        return why
 
     # -- plumbing ------------------------------------------------------------------------
     def install_sampler(self, pl_module: pl.LightningModule) -> None:

@@ -52,7 +52,7 @@ from lightning_metanas.costs import CostModel
 from lightning_metanas.data.images import LabelledImages
 from lightning_metanas.errors import SettingsError, require_int, require_positive
 from lightning_metanas.evolution import EvolutionarySearch
-from lightning_metanas.finetune import finetune
+from lightning_metanas.finetune import TaskLoss, finetune
 from lightning_metanas.functional import record_statistics
 from lightning_metanas.maml import TaskAdapter
 from lightning_metanas.meta_config import MetaConfig
@@ -62,6 +62,7 @@ from lightning_metanas.search_config import SearchConfig
 from lightning_metanas.search_space import Architecture, SearchSpace
 from lightning_metanas.standalone import StandaloneNet
 from lightning_metanas.supernet import SuperNet
+from lightning_metanas.suspects import MarginTrace, SuspectConfig, flagged, loss_scores, margin_scores, prototype_scores
 
 MIN_IMAGES_SEARCH = 3  # per class, when an architecture is searched on the task
 MIN_IMAGES_GIVEN = 2  # per class, when the architecture is given
@@ -121,6 +122,10 @@ class FinetuneConfig:
             seeded SuperNet: a reference without meta-learning).
         head: ``auto`` (keep the meta-learned head when the task has ``ways`` classes, else a
             zero head of the task's class count) or ``zero`` (always a zero head).
+        balanced: class-balanced loss (``finetune.TaskLoss``); on a balanced task it is the
+            plain loss.
+        loss: ``ce``, ``smooth`` (label smoothing) or ``sce`` (symmetric cross-entropy).
+        smoothing: label smoothing of ``loss=smooth``.
     """
 
     steps: int = 100
@@ -129,6 +134,9 @@ class FinetuneConfig:
     batch_size: int = 32
     init: Literal["meta", "random"] = "meta"
     head: Literal["auto", "zero"] = "auto"
+    balanced: bool = False
+    loss: Literal["ce", "smooth", "sce"] = "ce"
+    smoothing: float = 0.1
 
     def __post_init__(self) -> None:
         require_int("--finetune.steps", self.steps, 0)
@@ -138,6 +146,12 @@ class FinetuneConfig:
                               ("optimizer", ("adam", "sgd"))):
             if getattr(self, name) not in allowed:
                 raise SettingsError(f"--finetune.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if not isinstance(self.balanced, bool):
+            raise SettingsError(f"--finetune.balanced must be true or false, got {self.balanced!r}")
+        self.task_loss()  # checks loss and smoothing
+
+    def task_loss(self) -> TaskLoss:
+        return TaskLoss(self.loss, self.balanced, self.smoothing)
 
 
 @dataclass
@@ -159,6 +173,12 @@ class AdaptResult:
     search: Optional[SearchOutcome]
     finetune_seconds: float
     head: str  # "meta" (the meta-learned head), "zero", or "random" (init="random")
+    # per suspect score (suspects.SCORES), one value per train image, higher = more suspect
+    suspect_scores: dict[str, torch.Tensor] = field(default_factory=dict)
+    suspects: list[int] = field(default_factory=list)  # train indices above the threshold, most suspect first
+    dropped: bool = False  # the model was re-adapted without the suspects
+    predictions: Optional[torch.Tensor] = None  # held-out predicted labels, each image alone
+    predictions_transductive: Optional[torch.Tensor] = None  # held-out images as one batch
 
     @property
     def arch(self) -> Architecture:
@@ -332,27 +352,84 @@ def check_images_per_class(data: LabelledImages, searched: bool) -> None:
 
 
 @torch.no_grad()
+def held_out_predictions(arch: Architecture, params: list[torch.Tensor], model: AdaptedModel, adapter: TaskAdapter,
+                         images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inductive, transductive) predicted labels of held-out ``images``: the saved model, each
+    image alone; and the adapted subnet with the images normalised as one batch."""
+    forward = adapter.subnet(arch)[0]
+    transductive = forward(params, adapter.in_memory_layout(images)).argmax(-1)
+    model.net.to(images.device)
+    return model.logits(images).argmax(-1), transductive
+
+
 def held_out_accuracies(net: SuperNet, arch: Architecture, params: list[torch.Tensor], model: AdaptedModel,
                         adapter: TaskAdapter, val: LabelledImages) -> tuple[float, float]:
-    """(inductive, transductive) accuracy on the held-out images: the saved model, each image
-    alone; and the adapted subnet with the held-out images normalised as one batch."""
-    forward = adapter.subnet(arch)[0]
-    transductive = forward(params, adapter.in_memory_layout(val.images)).argmax(-1)
-    model.net.to(val.images.device)
-    inductive = model.logits(val.images).argmax(-1)
+    """(inductive, transductive) accuracy on the held-out images (``held_out_predictions``)."""
+    inductive, transductive = held_out_predictions(arch, params, model, adapter, val.images)
     return float((inductive == val.labels).float().mean()), float((transductive == val.labels).float().mean())
+
+
+@torch.no_grad()
+def meta_features(net: SuperNet, adapter: TaskAdapter, arch: Architecture, images: torch.Tensor) -> torch.Tensor:
+    """The meta-weights' features of ``images`` (normalised as one batch), before any
+    fine-tuning: what the ``prototype`` suspect score compares."""
+    return net.features(adapter.in_memory_layout(images), arch)
+
+
+def fit(adapter: TaskAdapter, net: SuperNet, arch: Architecture, train: LabelledImages, tuning: FinetuneConfig,
+        preprocessing: Preprocessing, seed: int, trace: Optional[MarginTrace] = None
+        ) -> tuple[list[torch.Tensor], AdaptedModel]:
+    """Fine-tune ``arch`` from ``net``'s weights on ``train``, fix its BatchNorm statistics to the
+    train images' and wrap it as the model to save: (fine-tuned parameters, model)."""
+    params = finetune(adapter, arch, train.images, train.labels, tuning.steps, tuning.lr, tuning.optimizer,
+                      tuning.batch_size, seed, tuning.task_loss(), train.num_classes, trace)
+    names = adapter.used(arch)[0]
+    stats = record_statistics(adapter.threads.module(), arch, names, params, adapter.in_memory_layout(train.images))
+    standalone = StandaloneNet.from_supernet(net, arch, train.images.shape[-1], params, stats)
+    return params, AdaptedModel(standalone, list(train.class_names), preprocessing, {})
+
+
+@torch.no_grad()
+def suspect_scores(net: SuperNet, adapter: TaskAdapter, arch: Architecture, train: LabelledImages) -> dict[str, torch.Tensor]:
+    """The suspect scores of the train images that need no fine-tuning (``prototype``)."""
+    features = meta_features(net, adapter, arch, train.images).cpu()
+    return {"prototype": prototype_scores(features, train.labels.cpu(), train.num_classes)}
+
+
+@torch.no_grad()
+def fitted_scores(model: AdaptedModel, train: LabelledImages, trace: MarginTrace, kept: torch.Tensor
+                  ) -> dict[str, torch.Tensor]:
+    """The suspect scores from a fine-tuned ``model`` (``aum``, ``margin``, ``loss``) of the train
+    images, on the CPU; ``trace`` followed the fine-tuning on the images ``kept`` (indices), the
+    others' ``aum`` is NaN."""
+    model.net.to(train.images.device)
+    logits, labels = model.logits(train.images).cpu(), train.labels.cpu()
+    aum = torch.full((len(labels),), float("nan"))
+    aum[kept] = trace.scores()
+    return {"aum": aum, "margin": margin_scores(logits, labels), "loss": loss_scores(logits, labels)}
+
+
+def without(data: LabelledImages, drop: list[int]) -> tuple[LabelledImages, torch.Tensor]:
+    """``data`` without the images ``drop``, and the indices of those kept."""
+    keep = torch.ones(len(data.labels), dtype=torch.bool)
+    keep[drop] = False
+    index = torch.nonzero(keep).flatten()
+    on = index.to(data.labels.device)
+    return LabelledImages(data.images[on], data.labels[on], data.class_names), index
 
 
 def adapt(
     supernet: SuperNet, meta: MetaConfig, train: LabelledImages, val: LabelledImages, preprocessing: Preprocessing,
     search: TaskSearchConfig = TaskSearchConfig(), tuning: FinetuneConfig = FinetuneConfig(),
     search_state: Optional[dict] = None, arch: Optional[Architecture] = None, seed: int = 0,
-    steps: Optional[int] = None,
+    steps: Optional[int] = None, suspects: SuspectConfig = SuspectConfig(), drop_suspects: bool = False,
 ) -> AdaptResult:
     """Adapt to the task ``(train, val)`` (see the module docstring): ``arch``, or the best of a
     search; ``search_state`` is the checkpoint's ``EvolutionarySearch.state_dict()`` (the
     search's settings, and its population and predictor for a warm start); ``steps``: the
-    scoring's adaptation steps (default: the checkpoint's ``eval_inner_steps``)."""
+    scoring's adaptation steps (default: the checkpoint's ``eval_inner_steps``). The train
+    images whose ``suspects`` score exceeds its threshold are listed; ``drop_suspects``
+    re-adapts from the meta-weights without them."""
     searched = arch is None
     if searched and search.warm_start and not search_state:
         raise SettingsError(
@@ -377,13 +454,21 @@ def adapt(
                                       search_state if search.warm_start else None, fits=costs.fits)
         arch = outcome.best
     start = time.perf_counter()
-    params = finetune(adapter, arch, train.images, train.labels, tuning.steps, tuning.lr, tuning.optimizer,
-                      tuning.batch_size, seed)
+    labels = train.labels.cpu()
+    scores = suspect_scores(net, adapter, arch, train)
+    # a score known before fine-tuning: the suspects are dropped before the one fine-tuning
+    listed = flagged(scores[suspects.score], labels, suspects.threshold).tolist() if suspects.score in scores else None
+    kept, index = without(train, listed if drop_suspects and listed else [])
+    trace = MarginTrace(kept.labels.cpu())
+    params, model = fit(adapter, net, arch, kept, tuning, preprocessing, seed, trace)
+    scores |= fitted_scores(model, train, trace, index)
+    if listed is None:
+        listed = flagged(scores[suspects.score], labels, suspects.threshold).tolist()
+        if drop_suspects and listed:
+            params, model = fit(adapter, net, arch, without(train, listed)[0], tuning, preprocessing, seed)
     finetune_seconds = time.perf_counter() - start
-    names = adapter.used(arch)[0]
-    stats = record_statistics(adapter.threads.module(), arch, names, params, adapter.in_memory_layout(train.images))
-    standalone = StandaloneNet.from_supernet(net, arch, train.images.shape[-1], params, stats)
-    model = AdaptedModel(standalone, list(train.class_names), preprocessing, {})
-    inductive, transductive = held_out_accuracies(net, arch, params, model, adapter, val)
+    inductive, transductive = held_out_predictions(arch, params, model, adapter, val.images)
     model.net.cpu()
-    return AdaptResult(model, inductive, transductive, searched, outcome, finetune_seconds, head)
+    return AdaptResult(model, float((inductive == val.labels).float().mean()),
+                       float((transductive == val.labels).float().mean()), searched, outcome, finetune_seconds, head,
+                       scores, listed, drop_suspects and bool(listed), inductive.cpu(), transductive.cpu())

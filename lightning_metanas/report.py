@@ -6,7 +6,7 @@
 RUN_DIR is a run folder (``runs/<name>/version_N``: ``config.yaml``, ``metrics.csv``,
 ``checkpoints/``) or its ``checkpoints/`` folder. Read when present: ``config.yaml``,
 ``metrics.csv``, ``test_result.json`` (written by train.py after meta-testing), and next to the
-checkpoints ``best_arch.json``, ``search_history.json``, ``scored.json`` and the PNG plots
+checkpoints ``best_arch.json``, ``search_history.json``, ``scored.json``, ``why.json`` and the PNG plots
 (drawn again from the JSON files when missing, or always with ``--regenerate``). Writes
 ``RUN_DIR/report.html``: plain HTML and CSS, images embedded, no script and no network
 resource, so it opens anywhere, also offline and as an e-mail attachment.
@@ -31,7 +31,7 @@ import yaml
 from lightning_metanas import plots
 from lightning_metanas.errors import SettingsError, run_main
 from lightning_metanas.metrics import kendall_tau
-from lightning_metanas.search_files import BEST_ARCH, HISTORY, SCORED, accuracy_cost_front
+from lightning_metanas.search_files import BEST_ARCH, HISTORY, SCORED, WHY, accuracy_cost_front
 from lightning_metanas.search_space import Architecture
 
 TEST_RESULT = "test_result.json"
@@ -111,6 +111,7 @@ def read_run(run_dir: str | Path, test: Optional[dict] = None) -> dict[str, Any]
         "best_arch": _json(out / BEST_ARCH),
         "history": _json(out / HISTORY) or [],
         "scored": _json(out / SCORED),
+        "why": _json(out / WHY),
         "test": test if test is not None else _json(run / TEST_RESULT),
     }
     if not any(found[k] for k in ("config", "metrics", "best_arch", "history", "scored", "test")):
@@ -218,6 +219,15 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
+def why_context(why: Optional[dict]) -> Optional[dict]:
+    """``why.json`` with each layer's rank of importance, and the layers in that order."""
+    if not why:
+        return None
+    rank = {number: i + 1 for i, number in enumerate(why["importance"])}
+    layers = [dict(layer, rank=rank[layer["layer"]]) for layer in why["layers"]]
+    return dict(why, layers=layers, ranked=sorted(layers, key=lambda layer: layer["rank"]))
+
+
 def context(found: dict[str, Any], images: dict[str, Path]) -> dict[str, Any]:
     """What the template shows, from the run's files (``read_run``) and plots: raw numbers,
     architectures with their labels."""
@@ -256,6 +266,7 @@ def context(found: dict[str, Any], images: dict[str, Path]) -> dict[str, Any]:
         "best": best and {"label": str(best), "layers": list(zip(best.ops, best.widths)),
                           "tested": str(tested) if tested and tested != best else None},
         "best_row": next((r for r in archive if best and Architecture.of(r["arch"]) == best), None),
+        "why": why_context(found["why"]),
         "images": {name: _data_uri(path) for name, path in images.items()},
         "figures": [{"name": name, "src": _data_uri(images[name]), "caption": caption}
                     for name, caption in FIGURES if name in images],

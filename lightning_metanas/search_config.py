@@ -1,20 +1,22 @@
 """Every setting of the across-task search, as train.py's ``--search.<field>`` flags.
 
-Three parts with three readers: the evolutionary algorithm's settings (the fields inherited from
+Its parts and their readers: the evolutionary algorithm's settings (the fields inherited from
 ``EvolutionConfig``, read by ``EvolutionarySearch``), how a candidate is scored (read by
-``scoring.Scorer``'s builders), the cost budget (``costs.Budget``) and when generations run
-during meta-training (read by ``callbacks/evolution.py``). The defaults are the search that
+``scoring.Scorer``'s builders), the cost budget (``costs.Budget``), when generations run
+during meta-training (read by ``callbacks/evolution.py``) and the explanation of its answer
+(``explain.WhyConfig``). The defaults are the search that
 measured best (RESULTS.md, "Ranking fidelity"), so ``--search.<one field>`` on any config runs
 that search with one change, not an older variant.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Optional
 
 from lightning_metanas.costs import Budget
 from lightning_metanas.errors import require_int
 from lightning_metanas.evolution import EvolutionConfig, EvolutionSettingsError, need
+from lightning_metanas.explain import WhyConfig
 
 
 @dataclass
@@ -40,6 +42,8 @@ class SearchConfig(EvolutionConfig):
             (all of ``generations`` at once by default: the weights are fixed while they run).
         uniform_share: while generations are spread over epochs, the share of meta-train tasks
             drawn from the whole space rather than the population.
+        why: the explanation of the best architecture, measured when the search ends
+            (``why.json`` and the report's "why" section: ``explain.py``).
     """
 
     tasks_per_score: int = 100
@@ -51,9 +55,12 @@ class SearchConfig(EvolutionConfig):
     warmup_epochs: Optional[int] = None
     generations_per_epoch: int = 8
     uniform_share: float = 0.25
+    why: WhyConfig = field(default_factory=WhyConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if isinstance(self.why, dict):  # from a checkpoint
+            self.why = WhyConfig(**self.why)
         require_int("search.tasks_per_score", self.tasks_per_score, 1, EvolutionSettingsError)
         require_int("search.generations_per_epoch", self.generations_per_epoch, 1, EvolutionSettingsError)
         if self.warmup_epochs is not None:

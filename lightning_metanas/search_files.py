@@ -2,7 +2,8 @@
 the report can be drawn again from files alone: ``best_arch.json`` (the best architecture),
 ``search_history.json`` (one ``GenerationRecord`` per generation), ``scored.json`` (the
 population and every architecture scored) and ``front.json`` (the accuracy-cost front: the
-scored architectures no other scored one beats on accuracy and every cost at once).
+scored architectures no other scored one beats on accuracy and every cost at once); when the
+search ends, ``why.json`` (``explain.explain``: why the best architecture, measured).
 ``callbacks/evolution.py`` writes them; ``report.py`` reads them.
 
 A *row* of ``scored.json`` is what ``plots.py`` draws: ``arch`` (the architecture's JSON),
@@ -22,6 +23,7 @@ from lightning_metanas.evolution import EvolutionarySearch
 from lightning_metanas.search_space import Architecture
 
 BEST_ARCH = "best_arch.json"
+WHY = "why.json"
 HISTORY = "search_history.json"
 SCORED = "scored.json"
 FRONT = "front.json"
@@ -50,17 +52,24 @@ def scored_record(search: EvolutionarySearch, costs: CostModel, **shape: Optiona
     }
 
 
+def cost_keys(rows: list[dict]) -> list[str]:
+    """The costs of ``COSTS`` that every row holds: the ones a front compares."""
+    return [k for k in COSTS if all(k in r for r in rows)]
+
+
+def dominates(a: dict, b: dict, keys: list[str]) -> bool:
+    """Row ``a`` is at least as accurate as ``b`` and at most as costly in every cost of
+    ``keys``, and strictly better in one."""
+    no_worse = a["accuracy"] >= b["accuracy"] and all(a[k] <= b[k] for k in keys)
+    better = a["accuracy"] > b["accuracy"] or any(a[k] < b[k] for k in keys)
+    return no_worse and better
+
+
 def accuracy_cost_front(rows: list[dict]) -> list[dict]:
     """The rows no other row dominates: at least as accurate and at most as costly in every
     cost the rows hold, and strictly better in one. Sorted by parameters."""
-    keys = [k for k in COSTS if all(k in r for r in rows)]
-
-    def dominates(a: dict, b: dict) -> bool:
-        no_worse = a["accuracy"] >= b["accuracy"] and all(a[k] <= b[k] for k in keys)
-        better = a["accuracy"] > b["accuracy"] or any(a[k] < b[k] for k in keys)
-        return no_worse and better
-
-    front = [r for r in rows if not any(dominates(o, r) for o in rows)]
+    keys = cost_keys(rows)
+    front = [r for r in rows if not any(dominates(o, r, keys) for o in rows)]
     return sorted(front, key=lambda r: (r.get("params", 0), -r["accuracy"]))
 
 

@@ -1,9 +1,10 @@
 """What several test files share: small image folders drawn on the fly (no data is downloaded),
-and a small SuperNet with fixed tasks for the inner loop's tests."""
+a small SuperNet with fixed tasks for the inner loop's tests, and a set-up search callback."""
 import io
 import random
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -118,3 +119,28 @@ def same_batches(a, b) -> bool:
     return len(a) == len(b) and all(
         torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y for x, y in zip(a, b)
     )
+
+
+def synthetic_data(**kwargs):
+    """Synthetic 3-way tasks of 14x14 images, set up: 6 validation tasks."""
+    from lightning_metanas.data import EpisodicDataModule
+
+    data = EpisodicDataModule(dataset="synthetic", image_size=14, ways=3, queries=2, val_tasks=6, **kwargs)
+    data.setup("fit")
+    return data
+
+
+def scoring_callback(space=None, **search):
+    """A tiny module (``space``: default 2 layers of conv3x3 or skip at 8 channels), a stand-in
+    trainer at step 5 and a set-up search callback (``search``: ``SearchConfig`` fields), for scoring."""
+    from callbacks.evolution import EvolutionCallback
+    from lightning_metanas.module import MetaNASModule
+    from lightning_metanas.search_config import SearchConfig
+
+    space = space or SearchSpace(ops=("conv3x3", "skip"), widths=(8,), depths=(2,))
+    module = MetaNASModule(ways=3, image_size=14, search_space=space)
+    trainer = SimpleNamespace(datamodule=synthetic_data(), global_step=5, global_rank=0, world_size=1,
+                              is_global_zero=True, progress_bar_callback=None, max_epochs=4, fast_dev_run=False)
+    callback = EvolutionCallback(SearchConfig(**{"tasks_per_score": 3, "population_size": 2, "tournament_size": 2} | search))
+    callback.setup(trainer, module, "fit")
+    return callback, trainer, module

@@ -3,23 +3,18 @@ SuperNet warm-up before the first generation, and the sampling rule, through tra
 import json
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from callbacks.evolution import EvolutionCallback
-from lightning_metanas.data import EpisodicDataModule
 from lightning_metanas.search_config import SearchConfig
 from lightning_metanas.search_space import Architecture
+from tests.helpers import scoring_callback, synthetic_data
 from tests.test_train import SEARCH, SYNTHETIC, logs, run
 
 
-def _data(**kwargs) -> EpisodicDataModule:
-    data = EpisodicDataModule(dataset="synthetic", image_size=14, ways=3, queries=2, val_tasks=6, **kwargs)
-    data.setup("fit")
-    return data
-
-
 def test_scoring_tasks_take_score_queries_and_match_validation_tasks_otherwise():
-    data = _data()
+    data = synthetic_data()
     trainer = SimpleNamespace(datamodule=data)
     module = SimpleNamespace(device=torch.device("cpu"))
     plain = EvolutionCallback(SearchConfig(tasks_per_score=4, score_queries=None, tournament_size=2, population_size=4))
@@ -62,22 +57,8 @@ def test_unknown_sampling_rule_is_refused(tmp_path):
     assert proc.returncode != 0 and "sampling" in proc.stderr
 
 
-def _scoring(**search):
-    """A tiny module, a stand-in trainer at step 5 and a set-up search callback, for scoring."""
-    from lightning_metanas.module import MetaNASModule
-    from lightning_metanas.search_space import SearchSpace
-
-    space = SearchSpace(ops=("conv3x3", "skip"), widths=(8,), depths=(2,))
-    module = MetaNASModule(ways=3, image_size=14, search_space=space)
-    trainer = SimpleNamespace(datamodule=_data(), global_step=5, global_rank=0, world_size=1,
-                              is_global_zero=True, progress_bar_callback=None, max_epochs=4, fast_dev_run=False)
-    callback = EvolutionCallback(SearchConfig(tasks_per_score=3, population_size=2, tournament_size=2, **search))
-    callback.setup(trainer, module, "fit")
-    return callback, trainer, module
-
-
 def test_architectures_scored_at_the_same_step_are_not_scored_again():
-    callback, trainer, module = _scoring()
+    callback, trainer, module = scoring_callback()
     a, b, c = (Architecture(ops, (8, 8)) for ops in (("conv3x3", "skip"), ("skip", "conv3x3"), ("conv3x3", "conv3x3")))
     scorer = callback.scorer_for(trainer, module)
     first = scorer([a, b])
@@ -119,9 +100,9 @@ def test_size_prior_scales_every_score_the_search_keeps():
     from lightning_metanas.scoring import size_weighted
 
     archs = [Architecture(ops, (8, 8)) for ops in (("conv3x3", "skip"), ("skip", "skip"), ("conv3x3", "conv3x3"))]
-    plain, trainer, module = _scoring(size_prior=0.0)
+    plain, trainer, module = scoring_callback(size_prior=0.0)
     accuracies = plain.scorer_for(trainer, module)(archs)
-    prior, trainer, _ = _scoring(size_prior=0.5)
+    prior, trainer, _ = scoring_callback(size_prior=0.5)
     scores = prior.scorer_for(trainer, module)(archs)  # the same module: the same weights
     largest = module.supernet.largest_num_parameters()
     assert largest == module.supernet.num_parameters(archs[2])
@@ -131,7 +112,6 @@ def test_size_prior_scales_every_score_the_search_keeps():
 
 
 def test_negative_size_prior_is_refused():
-    import pytest
     from lightning_metanas.evolution import EvolutionSettingsError
 
     with pytest.raises(EvolutionSettingsError, match="search.size_prior must be >= 0"):
@@ -141,7 +121,7 @@ def test_negative_size_prior_is_refused():
 def test_search_quick_default_warms_up_then_runs_every_generation_at_once_then_trains_the_best(tmp_path):
     """configs/search_quick.yaml as shipped (sandwich warm-up, all generations at one epoch's
     end, 5 query images per scoring task, size prior), on small synthetic data."""
-    run("train.py", "--config", "configs/search_quick.yaml", *SYNTHETIC, *logs(tmp_path, "quick"),
+    proc = run("train.py", "--config", "configs/search_quick.yaml", *SYNTHETIC, *logs(tmp_path, "quick"),
         "--trainer.max_epochs=3", "--search.warmup_epochs=1", "--search.generations=3",
         "--search.generations_per_epoch=3", "--search.tasks_per_score=4", "--search.score_queries=3",
         "--search.population_size=4", "--search.offspring=2", "--search.pool_size=6",
@@ -155,6 +135,14 @@ def test_search_quick_default_warms_up_then_runs_every_generation_at_once_then_t
     assert epochs_with_search == {"1"}  # after the warm-up epochs 0 and 1, never again
     best = Architecture.from_dict(json.loads((run_dir / "checkpoints" / "best_arch.json").read_text()))
     assert best == Architecture.from_dict(history[-1]["best_arch"])
+    # explained when the search ended, on its weights and tasks: the best's score is the search's
+    why = json.loads((run_dir / "checkpoints" / "why.json").read_text())
+    scored = json.loads((run_dir / "checkpoints" / "scored.json").read_text())
+    assert Architecture.of(why["arch"]) == best and len(why["layers"]) == best.depth
+    assert why["score"] == pytest.approx(history[-1]["best_score"]) and why["cost"]["tasks"] == 4
+    assert why["front"]["scored"] == len(scored["archive"])
+    assert f"search: why.json: {why['cost']['candidates']} architectures" in proc.stdout
+    assert "<h2>Why this architecture" in (run_dir / "report.html").read_text()
     from lightning_metanas.checkpoints import read_checkpoint
 
     last = read_checkpoint(run_dir / "checkpoints" / "last.ckpt")  # epoch 2: the best alone
@@ -167,7 +155,7 @@ def test_adapt_scores_equal_the_meta_searchs_for_the_same_architecture_tasks_and
     from lightning_metanas.adaptation import task_network, task_scorer
     from lightning_metanas.maml import TaskAdapter
 
-    callback, trainer, module = _scoring(size_prior=0.3)
+    callback, trainer, module = scoring_callback(size_prior=0.3)
     archs = [Architecture(ops, (8, 8)) for ops in (("conv3x3", "skip"), ("skip", "skip"), ("conv3x3", "conv3x3"))]
     meta = callback.scorer_for(trainer, module)(archs)
     net, head = task_network(module.supernet, 3)  # the task has the checkpoint's ways: its head is kept
