@@ -56,7 +56,9 @@ def read_checkpoint(path: str | Path, flag: str = "--ckpt_path") -> dict:
     if not path.is_file():
         raise CheckpointError(f"{flag} {path}: no such file")
     checkpoint = load_weights_only(path, flag)
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
+    # Lightning writes its version into every checkpoint and needs it to load one
+    needed = ("state_dict", "hyper_parameters", "pytorch-lightning_version")
+    if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in needed):
         raise CheckpointError(f"{flag} {path} is not a checkpoint written by train.py")
     return checkpoint
 
