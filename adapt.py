@@ -172,7 +172,7 @@ def main(args: Optional[list[str]] = None) -> dict:
         "classes": images.num_classes, "class_names": list(images.class_names), "n_train": len(train.labels),
         "n_val": len(val.labels), "head": result.head, "preprocessing": vars(preprocessing), "device": str(device),
         "ckpt_path": cli.ckpt_path, "data_root": cli.data.root, "search_settings": vars(search),
-        "finetune_settings": vars(tuning), "data": summary.to_dict(minimum),
+        "finetune_settings": vars(result.finetune), "data": summary.to_dict(minimum),
         "suspects": suspect_rows, "suspect_settings": vars(suspects), "suspects_dropped": result.dropped,
         "held_out_recall": dict(zip(images.class_names, heldout.recall_per_class(matrix))),
         "balanced_acc": heldout.balanced_accuracy(matrix), "confusion": matrix.tolist(),

@@ -14,8 +14,10 @@ are always clean, 5 per character. Settings: ``clean-1shot``, ``clean-5shot``, `
 class, drawn once per task: the images wrong at 20% are among those wrong at 40%), and
 ``imbalance-1-2-3-5-10``, ``imbalance-1-1-1-1-10`` (shots per class, shuffled per task).
 
-Modes (``MODES``): ``naive`` (cross-entropy on every image, no remedy), ``default`` (adapt.py's
-defaults), ``balanced`` (class-balanced loss), ``drop`` (suspects re-adapted without), ``smooth``
+Modes (``MODES``): ``naive`` (cross-entropy on every image, no remedy, with the checkpoint's
+inner loop: its SGD step size and meta-test steps on all images at once), ``adam100`` (naive with
+the fine-tuning adapt.py had before: 100 Adam steps at 0.01 on mini-batches of 32), ``default``
+(adapt.py's defaults), ``balanced`` (class-balanced loss), ``drop`` (suspects re-adapted without), ``smooth``
 and ``sce`` (robust losses). Each adaptation is ``lightning_metanas.adaptation.adapt`` (the code
 behind adapt.py); its model is saved, loaded back and classifies every held-out image alone
 (inductive); the same weights on the held-out images as one batch give the transductive figure.
@@ -74,10 +76,12 @@ SETTINGS = {
     "imbalance-1-2-3-5-10": Setting((1, 2, 3, 5, 10)),
     "imbalance-1-1-1-1-10": Setting((1, 1, 1, 1, 10)),
 }
-NAIVE = FinetuneConfig(balanced=False, loss="ce")
+NAIVE = FinetuneConfig(balanced=False, loss="ce")  # the checkpoint's inner loop, plain cross-entropy
 # mode -> (fine-tuning, whether suspects are dropped); "default" is what adapt.py does unasked
 MODES = {
     "naive": (NAIVE, False),
+    # adapt.py's fine-tuning before this bench chose the inner loop (on validation classes)
+    "adam100": (FinetuneConfig(steps=100, lr=0.01, optimizer="adam", batch_size=32), False),
     "default": (FinetuneConfig(), SuspectConfig().drop),
     "balanced": (replace(NAIVE, balanced=True), False),
     "drop": (NAIVE, True),
@@ -102,7 +106,9 @@ def effective(mode: str, train: LabelledImages) -> tuple:
     drop) train the same network, so it is trained once."""
     tuning, _ = MODES[mode]
     counts = torch.bincount(train.labels, minlength=WAYS)
-    return tuning.loss, tuning.smoothing if tuning.loss == "smooth" else None, tuning.balanced and len(set(counts.tolist())) > 1
+    schedule = (tuning.optimizer, tuning.steps, tuning.lr, tuning.batch_size)
+    return schedule, tuning.loss, tuning.smoothing if tuning.loss == "smooth" else None, \
+        tuning.balanced and len(set(counts.tolist())) > 1
 
 
 def measure(result, val: LabelledImages, tmp: str) -> dict:
@@ -164,7 +170,8 @@ def cell(model: MetaNASModule, name: str, mode: str, rows: list[dict], suspects:
         entry |= {"flag_precision": hits / flagged if flagged else float("nan"),
                   "flag_recall": hits / wrong if wrong else float("nan"), "flagged": flagged, "mislabelled": wrong}
     return entry | {
-        "dropped": sum(len(r["suspects"]) for r in rows if r["dropped"]), "finetune": vars(tuning),
+        "dropped": sum(len(r["suspects"]) for r in rows if r["dropped"]),
+        "finetune": vars(tuning.resolved(model.meta)),
         "suspects": vars(suspects) | {"drop": drop},
         "per_task": {k: [r[k] for r in rows] for k in ("acc", "acc_transductive", "rare_recall") if rows[0][k] is not None},
         "seconds_setting": round(seconds, 1)}

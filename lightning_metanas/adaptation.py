@@ -113,11 +113,17 @@ class TaskSearchConfig:
 class FinetuneConfig:
     """The final fine-tuning (adapt.py's ``--finetune.*``).
 
+    The default is the inner loop the meta-weights were meta-trained to start: plain SGD at the
+    checkpoint's ``inner_lr`` for its ``eval_inner_steps`` steps, each on every train image
+    (``resolved``). Measured on validation classes (``bench/robust_adapt.py --split val``,
+    RESULTS.md "On site"), it beats the former default, 100 Adam steps at 0.01 on mini-batches
+    of 32, which walks away from the meta-weights.
+
     Args:
-        steps: optimiser steps on the train split.
-        lr: learning rate.
-        optimizer: ``adam`` or ``sgd``.
-        batch_size: mini-batch size (capped by the train split).
+        steps: optimiser steps on the train split (default: the checkpoint's ``eval_inner_steps``).
+        lr: learning rate (default with ``sgd``: the checkpoint's ``inner_lr``; ``adam`` needs one).
+        optimizer: ``sgd`` or ``adam``.
+        batch_size: mini-batch size, capped by the train split (default: every train image).
         init: ``meta`` (from the meta-weights) or ``random`` (from a freshly initialised,
             seeded SuperNet: a reference without meta-learning).
         head: ``auto`` (keep the meta-learned head when the task has ``ways`` classes, else a
@@ -128,10 +134,10 @@ class FinetuneConfig:
         smoothing: label smoothing of ``loss=smooth``.
     """
 
-    steps: int = 100
-    lr: float = 0.01
-    optimizer: Literal["adam", "sgd"] = "adam"
-    batch_size: int = 32
+    steps: Optional[int] = None
+    lr: Optional[float] = None
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    batch_size: Optional[int] = None
     init: Literal["meta", "random"] = "meta"
     head: Literal["auto", "zero"] = "auto"
     balanced: bool = False
@@ -139,16 +145,28 @@ class FinetuneConfig:
     smoothing: float = 0.1
 
     def __post_init__(self) -> None:
-        require_int("--finetune.steps", self.steps, 0)
-        require_int("--finetune.batch_size", self.batch_size, 1)
-        require_positive("--finetune.lr", self.lr)
+        if self.steps is not None:
+            require_int("--finetune.steps", self.steps, 0)
+        if self.batch_size is not None:
+            require_int("--finetune.batch_size", self.batch_size, 1)
+        if self.lr is not None:
+            require_positive("--finetune.lr", self.lr)
         for name, allowed in (("init", ("meta", "random")), ("head", ("auto", "zero")),
-                              ("optimizer", ("adam", "sgd"))):
+                              ("optimizer", ("sgd", "adam"))):
             if getattr(self, name) not in allowed:
                 raise SettingsError(f"--finetune.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if self.optimizer == "adam" and self.lr is None:
+            raise SettingsError("--finetune.optimizer adam needs --finetune.lr (e.g. 0.001); the default "
+                                "learning rate is the checkpoint's inner SGD step size")
         if not isinstance(self.balanced, bool):
             raise SettingsError(f"--finetune.balanced must be true or false, got {self.balanced!r}")
         self.task_loss()  # checks loss and smoothing
+
+    def resolved(self, meta: MetaConfig) -> "FinetuneConfig":
+        """These settings with the defaults filled from the checkpoint's inner loop (``meta``):
+        what actually runs, and what ``--out`` records."""
+        return replace(self, steps=meta.eval_inner_steps if self.steps is None else self.steps,
+                       lr=meta.inner_lr if self.lr is None else self.lr)
 
     def task_loss(self) -> TaskLoss:
         return TaskLoss(self.loss, self.balanced, self.smoothing)
@@ -179,6 +197,7 @@ class AdaptResult:
     dropped: bool = False  # the model was re-adapted without the suspects
     predictions: Optional[torch.Tensor] = None  # held-out predicted labels, each image alone
     predictions_transductive: Optional[torch.Tensor] = None  # held-out images as one batch
+    finetune: Optional[FinetuneConfig] = None  # the fine-tuning that ran (defaults filled from the checkpoint)
 
     @property
     def arch(self) -> Architecture:
@@ -381,8 +400,9 @@ def fit(adapter: TaskAdapter, net: SuperNet, arch: Architecture, train: Labelled
         ) -> tuple[list[torch.Tensor], AdaptedModel]:
     """Fine-tune ``arch`` from ``net``'s weights on ``train``, fix its BatchNorm statistics to the
     train images' and wrap it as the model to save: (fine-tuned parameters, model)."""
+    batch_size = tuning.batch_size or len(train.labels)
     params = finetune(adapter, arch, train.images, train.labels, tuning.steps, tuning.lr, tuning.optimizer,
-                      tuning.batch_size, seed, tuning.task_loss(), train.num_classes, trace)
+                      batch_size, seed, tuning.task_loss(), train.num_classes, trace)
     names = adapter.used(arch)[0]
     stats = record_statistics(adapter.threads.module(), arch, names, params, adapter.in_memory_layout(train.images))
     standalone = StandaloneNet.from_supernet(net, arch, train.images.shape[-1], params, stats)
@@ -431,6 +451,7 @@ def adapt(
     images whose ``suspects`` score exceeds its threshold are listed; ``drop_suspects``
     re-adapts from the meta-weights without them."""
     searched = arch is None
+    tuning = tuning.resolved(meta)
     if searched and search.warm_start and not search_state:
         raise SettingsError(
             "the checkpoint holds no search state (it was not written by a run with a search) to "
@@ -471,4 +492,4 @@ def adapt(
     model.net.cpu()
     return AdaptResult(model, float((inductive == val.labels).float().mean()),
                        float((transductive == val.labels).float().mean()), searched, outcome, finetune_seconds, head,
-                       scores, listed, drop_suspects and bool(listed), inductive.cpu(), transductive.cpu())
+                       scores, listed, drop_suspects and bool(listed), inductive.cpu(), transductive.cpu(), tuning)
