@@ -98,15 +98,20 @@ def test_a_deterministic_gpu_run_is_bit_identical(tmp_path):
 
 
 def test_adaptation_runs_on_the_gpu():
-    from lightning_metanas.adaptation import AdaptConfig, adapt
+    from lightning_metanas.adaptation import FinetuneConfig, TaskSearchConfig, adapt
     from lightning_metanas.data import split_image_folder
     from lightning_metanas.meta_config import MetaConfig
     from lightning_metanas.supernet import SuperNet
-    from tests.test_adapt import TINY, toy_meta_state, toy_task
+    from tests.test_adapt import PLAIN, TINY, toy_meta_state, toy_task
 
     torch.manual_seed(0)
     supernet = SuperNet(TINY, ways=3).to(CUDA)
     train, val = split_image_folder(toy_task(per_class=8), 0.25, seed=0)
-    config = AdaptConfig(budget=4, finetune_steps=20, lr=0.01, score_tasks=2, seed=3)
-    result = adapt(supernet, MetaConfig(), train, val, config, toy_meta_state())
-    assert 0 <= result.val_acc <= 1 and len(result.scored) == 4
+    search = TaskSearchConfig(on_task=True, scorings=4, tasks_per_score=2)
+    result = adapt(supernet, MetaConfig(), train, val, PLAIN, search, FinetuneConfig(steps=20, lr=0.01),
+                   toy_meta_state(), seed=3)
+    assert 0 <= result.val_acc <= 1 and len(result.search.scored) == 4
+    # the saved model comes back on the CPU and classifies as it reported
+    assert all(t.device.type == "cpu" for t in result.model.net.state_dict().values())
+    predictions = result.model.logits(val.images.cpu(), batch_size=1).argmax(-1)
+    assert torch.equal(predictions, result.predictions)
