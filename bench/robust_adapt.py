@@ -16,7 +16,8 @@ class, drawn once per task: the images wrong at 20% are among those wrong at 40%
 
 Modes (``MODES``): ``naive`` (cross-entropy on every image, no remedy, with the checkpoint's
 inner loop: its SGD step size and meta-test steps on all images at once), ``adam100`` (naive with
-the fine-tuning adapt.py had before: 100 Adam steps at 0.01 on mini-batches of 32), ``default``
+the fine-tuning adapt.py had before: 100 Adam steps at 0.01 on mini-batches of 32), ``sgd10`` and
+``sgd20`` (naive with 10 or 20 steps of the inner loop's SGD), ``default``
 (adapt.py's defaults), ``balanced`` (class-balanced loss), ``drop`` (suspects re-adapted without), ``smooth``
 and ``sce`` (robust losses). Each adaptation is ``lightning_metanas.adaptation.adapt`` (the code
 behind adapt.py); its model is saved, loaded back and classifies every held-out image alone
@@ -26,7 +27,8 @@ One entry per (network, setting, mode) in ``--out``: accuracy and balanced accur
 per-class recall; with 5 queries per class the two are equal) with 95% intervals over tasks,
 for noise settings the pooled precision and recall of the suspects listed, for imbalance the
 recall of the one-image classes. A cell already in ``--out`` is skipped; the file is written
-after each cell.
+after each cell, merged with what other processes wrote to it meanwhile (so benches on other
+networks or modes can share one file).
 """
 from __future__ import annotations
 
@@ -82,6 +84,8 @@ MODES = {
     "naive": (NAIVE, False),
     # adapt.py's fine-tuning before this bench chose the inner loop (on validation classes)
     "adam100": (FinetuneConfig(steps=100, lr=0.01, optimizer="adam", batch_size=32), False),
+    "sgd10": (FinetuneConfig(steps=10), False),  # the inner loop's step size, more steps
+    "sgd20": (FinetuneConfig(steps=20), False),
     "default": (FinetuneConfig(), SuspectConfig().drop),
     "balanced": (replace(NAIVE, balanced=True), False),
     "drop": (NAIVE, True),
@@ -177,6 +181,10 @@ def cell(model: MetaNASModule, name: str, mode: str, rows: list[dict], suspects:
         "seconds_setting": round(seconds, 1)}
 
 
+def cell_key(entry: dict) -> tuple:
+    return entry["arch"], entry["setting"], entry["mode"], entry["tasks"], entry["split"]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoints", nargs="+", required=True, help="Networks meta-trained alone (.ckpt).")
@@ -193,7 +201,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     torch.set_num_threads(1)
     out = Path(args.out)
     entries = load(out) or []
-    done = {(e["arch"], e["setting"], e["mode"], e["tasks"], e["split"]) for e in entries}
+    done = {cell_key(e) for e in entries}
     scores = load(Path(args.scores_out)) if args.scores_out else None
     command = "python bench/robust_adapt.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for path in args.checkpoints:
@@ -211,7 +219,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                          if "flag_precision" in entry else "")
                 print(f"{arch} {name:22s} {entry['mode']:9s} acc {100 * entry['acc']:6.2f} ± {100 * entry['acc_ci95']:.2f}"
                       f"  transductive {100 * entry['acc_transductive']:6.2f}{flags}", flush=True)
-            save(out, entries)
+            on_disk = load(out) or []  # another process may have added cells meanwhile
+            have = {cell_key(e) for e in on_disk}
+            save(out, on_disk + [e for e in entries if cell_key(e) not in have])
             if scores is not None:
                 save(Path(args.scores_out), scores)
     return 0

@@ -274,3 +274,28 @@ def test_adapt_py_names_the_class_left_with_too_few_images(tmp_path, capsys):
     assert "suspects.score" in err and "'prototype', 'aum', 'margin', 'loss'" in err and "vote" in err
     with pytest.raises(SettingsError, match=r"--suspects.score must be one of \['prototype', 'aum', 'margin', 'loss'\], got 'vote'"):
         SuspectConfig(score="vote")
+
+
+def test_robust_adapt_table_pairs_each_mode_with_naive_on_the_same_tasks(tmp_path):
+    from bench import robust_adapt_table
+
+    def entry(mode, acc):
+        return {"arch": "conv3x3@8", "setting": "noise20", "mode": mode, "tasks": 3, "split": "test",
+                "acc": sum(acc) / 3, "acc_ci95": 0.1, "balanced_acc": sum(acc) / 3, "acc_transductive": 0.5,
+                "flag_precision": 0.75, "flag_recall": 0.5, "per_task": {"acc": acc}, "checkpoint": "c.ckpt",
+                "command": f"python bench/robust_adapt.py --modes {mode}", "machine": "cpu"}
+
+    entries = [entry("naive", [0.5, 0.6, 0.7]), entry("balanced", [0.6, 0.7, 0.8]), entry("sce", [0.5, 0.6, 0.7])]
+    data = tmp_path / "robust.json"
+    data.write_text(json.dumps(entries))
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text(f"before\n{robust_adapt_table.START}\nold\n{robust_adapt_table.END}\nafter\n")
+    robust_adapt_table.main(["--file", str(data), "--write", str(doc)])
+    text = doc.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
+    rows = {line.split(" | ")[1]: line for line in text.splitlines() if line.startswith("| noise20")}
+    assert rows["balanced"].split(" | ")[3] == "+10.00 ± 0.00"  # every task 0.1 better: no spread
+    assert rows["sce"].split(" | ")[3] == "+0.00 ± 0.00" and rows["naive"].split(" | ")[3] == "-"
+    assert "0.75 / 0.50" in rows["naive"]
+    with pytest.raises(SystemExit, match="no .* block"):
+        robust_adapt_table.main(["--file", str(data), "--write", str(data)])
