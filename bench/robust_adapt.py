@@ -18,7 +18,8 @@ Modes (``MODES``): ``naive`` (cross-entropy on every image, no remedy, with the 
 inner loop: its SGD step size and meta-test steps on all images at once), ``adam100`` (naive with
 the fine-tuning adapt.py had before: 100 Adam steps at 0.01 on mini-batches of 32), ``sgd10`` and
 ``sgd20`` (naive with 10 or 20 steps of the inner loop's SGD), ``default``
-(adapt.py's defaults), ``balanced`` (class-balanced loss), ``drop`` (suspects re-adapted without), ``smooth``
+(adapt.py's defaults), ``balanced`` (class-balanced loss), ``drop`` (suspects re-adapted without), ``balanced_drop``
+(both), ``smooth``
 and ``sce`` (robust losses). Each adaptation is ``lightning_metanas.adaptation.adapt`` (the code
 behind adapt.py); its model is saved, loaded back and classifies every held-out image alone
 (inductive); the same weights on the held-out images as one batch give the transductive figure.
@@ -89,6 +90,7 @@ MODES = {
     "default": (FinetuneConfig(), SuspectConfig().drop),
     "balanced": (replace(NAIVE, balanced=True), False),
     "drop": (NAIVE, True),
+    "balanced_drop": (replace(NAIVE, balanced=True), True),  # both remedies
     "smooth": (replace(NAIVE, loss="smooth"), False),
     "sce": (replace(NAIVE, loss="sce"), False),
 }

@@ -210,24 +210,23 @@ def test_adapt_with_a_given_architecture_searches_nothing_and_saves_what_it_meas
     assert result.model.class_names == list(task.class_names)
 
 
-def test_the_default_fine_tuning_is_the_checkpoints_inner_loop():
+def test_the_default_fine_tuning_is_20_sgd_steps_at_the_checkpoints_inner_lr():
     torch.manual_seed(0)
     supernet = SuperNet(TINY, ways=3)
     train, val = split_image_folder(toy_task(per_class=6), 0.25, seed=0)
     arch = Architecture(("conv3x3", "max_pool3x3"), (8, 4))
-    meta = MetaConfig(inner_lr=0.3, eval_inner_steps=4)
 
-    def weights(tuning: FinetuneConfig, meta: MetaConfig = meta) -> tuple[FinetuneConfig, list[torch.Tensor]]:
+    def weights(tuning: FinetuneConfig, meta: MetaConfig = MetaConfig(inner_lr=0.3)) -> tuple[FinetuneConfig, list]:
         result = adapt(supernet, meta, train, val, PLAIN, tuning=tuning, arch=arch)
         return result.finetune, list(result.model.net.state_dict().values())
 
     ran, default = weights(FinetuneConfig())
-    assert (ran.optimizer, ran.steps, ran.lr, ran.batch_size) == ("sgd", 4, 0.3, None)
-    # the same as spelling the inner loop out: SGD at inner_lr, eval_inner_steps steps, every image per step
-    _, spelled = weights(FinetuneConfig(steps=4, lr=0.3, optimizer="sgd", batch_size=len(train.labels)))
+    assert (ran.optimizer, ran.steps, ran.lr, ran.batch_size) == ("sgd", 20, 0.3, None)
+    # the same as spelling it out: SGD at inner_lr, 20 steps, every train image in each step
+    _, spelled = weights(FinetuneConfig(steps=20, lr=0.3, optimizer="sgd", batch_size=len(train.labels)))
     assert all(torch.equal(a, b) for a, b in zip(default, spelled))
-    _, longer = weights(FinetuneConfig(), MetaConfig(inner_lr=0.3, eval_inner_steps=5))
-    assert not all(torch.equal(a, b) for a, b in zip(default, longer))
+    _, other_lr = weights(FinetuneConfig(), MetaConfig(inner_lr=0.2))  # the step size is the checkpoint's
+    assert not all(torch.equal(a, b) for a, b in zip(default, other_lr))
     with pytest.raises(SettingsError, match="--finetune.optimizer adam needs --finetune.lr"):
         FinetuneConfig(optimizer="adam")
 
