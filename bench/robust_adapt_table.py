@@ -4,7 +4,7 @@ accuracy, the transductive figure, and the suspects' precision and recall.
 
     .venv/bin/python bench/robust_adapt_table.py                         # test split, printed
     .venv/bin/python bench/robust_adapt_table.py --split val --file bench/robust_adapt/omniglot_val.json
-    .venv/bin/python bench/robust_adapt_table.py --write RESULTS.md      # the block between the markers
+    .venv/bin/python bench/robust_adapt_table.py --write RESULTS.md      # the split's block between its markers
 
 A remedy is judged by the paired difference: the same tasks, the same support images, only the
 fine-tuning differs, so the interval of the difference is far narrower than either accuracy's.
@@ -25,7 +25,11 @@ from bench.common import load  # noqa: E402
 
 SETTING_ORDER = ("clean-1shot", "clean-5shot", "noise20", "noise40", "imbalance-1-2-3-5-10", "imbalance-1-1-1-1-10")
 MODE_ORDER = ("naive", "default", "balanced", "drop", "balanced_drop", "smooth", "sce", "sgd10", "sgd20", "adam100")
-START, END = "<!-- robust_adapt_table:start -->", "<!-- robust_adapt_table:end -->"
+
+
+def markers(split: str) -> tuple[str, str]:
+    """The comments around a split's block in a Markdown file (``--write``)."""
+    return f"<!-- robust_adapt_table:{split}:start -->", f"<!-- robust_adapt_table:{split}:end -->"
 
 
 def pct(value: float, ci: Optional[float] = None) -> str:
@@ -80,6 +84,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     entries = [e for path in args.file for e in (load(Path(path)) or [])]
     text = render(entries, args.split)
     if args.write:
+        START, END = markers(args.split)
         path = Path(args.write)
         doc = path.read_text()
         if START not in doc or END not in doc:

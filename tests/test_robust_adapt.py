@@ -289,7 +289,8 @@ def test_robust_adapt_table_pairs_each_mode_with_naive_on_the_same_tasks(tmp_pat
     data = tmp_path / "robust.json"
     data.write_text(json.dumps(entries))
     doc = tmp_path / "RESULTS.md"
-    doc.write_text(f"before\n{robust_adapt_table.START}\nold\n{robust_adapt_table.END}\nafter\n")
+    start, end = robust_adapt_table.markers("test")
+    doc.write_text(f"before\n{start}\nold\n{end}\nafter\n")
     robust_adapt_table.main(["--file", str(data), "--write", str(doc)])
     text = doc.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text
