@@ -52,7 +52,9 @@ def table(entries: list[dict], arch: str) -> list[str]:
              "suspects P / R | one-image classes' recall |", "|---|---|---|---|---|---|---|---|"]
     for setting in [s for s in SETTING_ORDER if any(k[0] == s for k in cells)]:
         naive = cells.get((setting, "naive"))
-        for mode in [m for m in MODE_ORDER if (setting, m) in cells]:
+        modes = [m for m in MODE_ORDER if (setting, m) in cells]
+        modes += sorted(m for s, m in cells if s == setting and m not in MODE_ORDER)  # e.g. *-3steps
+        for mode in modes:
             e = cells[(setting, mode)]
             flags = (f"{e['flag_precision']:.2f} / {e['flag_recall']:.2f}" if "flag_precision" in e else "")
             rare = pct(e["rare_recall"], e["rare_recall_ci95"]) if "rare_recall" in e else ""
