@@ -130,8 +130,9 @@ class FinetuneConfig:
             seeded SuperNet: a reference without meta-learning).
         head: ``auto`` (keep the meta-learned head when the task has ``ways`` classes, else a
             zero head of the task's class count) or ``zero`` (always a zero head).
-        balanced: class-balanced loss (``finetune.TaskLoss``); on a balanced task it is the
-            plain loss.
+        balanced: class-balanced loss (``finetune.TaskLoss``), on by default: on a balanced task
+            it is the plain loss exactly, and on validation classes it helped in every imbalanced
+            or noisy setting measured (RESULTS.md, "On site").
         loss: ``ce``, ``smooth`` (label smoothing) or ``sce`` (symmetric cross-entropy).
         smoothing: label smoothing of ``loss=smooth``.
     """
@@ -142,7 +143,7 @@ class FinetuneConfig:
     batch_size: Optional[int] = None
     init: Literal["meta", "random"] = "meta"
     head: Literal["auto", "zero"] = "auto"
-    balanced: bool = False
+    balanced: bool = True
     loss: Literal["ce", "smooth", "sce"] = "ce"
     smoothing: float = 0.1
 
