@@ -111,7 +111,8 @@ def report_suspects(result: AdaptResult, suspects: SuspectConfig, summary: DataS
     scores = result.suspect_scores[suspects.score]
     rows = [{"file": named(paths, [train_at[i]], summary.root)[0], "score": float(scores[i])} for i in result.suspects]
     listed = ": " + ", ".join(f"{r['file']} ({r['score']:.2f})" for r in rows) if rows else ""
-    dropped = "; adapted again without them (--drop_suspects)" if result.dropped else ""
+    dropped = ("; adapted again without them (--drop_suspects)" if result.dropped else
+               "; --drop_suspects true adapts again without them" if rows else "")
     print(f"suspects: {len(rows)} of {n_train} training images look filed under the wrong class "
           f"(--suspects.score {suspects.score} above {suspects.threshold:g}){dropped}{listed}")
     return rows

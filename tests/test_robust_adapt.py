@@ -245,7 +245,8 @@ def test_adapt_py_on_a_mislabelled_imbalanced_folder(tmp_path):
     suspects = [row["file"] for row in record["suspects"]]
     line = next(line for line in printed if line.startswith("suspects: "))
     assert line.startswith(f"suspects: {len(suspects)} of {record['n_train']} training images look filed under the "
-                           "wrong class (--suspects.score prototype above 0)")
+                           "wrong class (--suspects.score prototype above 0); --drop_suspects true adapts again "
+                           "without them")
     mislabelled = {"disc/vbars06.png", "disc/vbars07.png"} - set(record["held_out_files"])
     assert mislabelled and mislabelled <= set(suspects), (mislabelled, suspects)
     assert record["data"]["counts"] == {"disc": 11, "frame": 7, "hbars": 3, "vbars": 6}
