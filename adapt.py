@@ -31,7 +31,8 @@ found (``data:`` lines, also in ``--out``): images per class and the imbalance r
 copied byte for byte into two classes, classes with too few images, files that do not decode
 (skipped). Fine-tuning weighs classes equally (``--finetune.balanced``). After adapting it
 lists the train images whose label the meta-learned features disagree with (``suspects:``,
-``--suspects.*``; ``--drop_suspects true`` adapts again without them), the held-out recall per
+``--suspects.*``; ``--drop_suspects`` adapts again without them: ``auto``, the default, when they
+are 10% of the images or more), the held-out recall per
 class and the confusion matrix (drawn next to the saved model, ``<model>.confusion.png``).
 
 Flags have the names train.py gives the same settings (README, "One name per setting"). A bad
@@ -43,7 +44,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional, Union
 
 from jsonargparse import ArgumentParser
 
@@ -93,8 +94,9 @@ def parse(args: Optional[list[str]] = None):
     parser.add_class_arguments(TaskSearchConfig, "search", instantiate=False)
     parser.add_class_arguments(FinetuneConfig, "finetune", instantiate=False)
     parser.add_class_arguments(SuspectConfig, "suspects", instantiate=False, skip={"drop"})
-    parser.add_argument("--drop_suspects", type=bool, default=SuspectConfig.drop,
-                        help="Adapt again from the meta-weights without the suspect images.")
+    parser.add_argument("--drop_suspects", type=Union[bool, Literal["auto"]], default=SuspectConfig.drop,
+                        help="Adapt again from the meta-weights without the suspect images: true, false, or "
+                             "auto (when they are at least --suspects.auto_share of the training images).")
     return parser.parse_args(args)
 
 
@@ -111,8 +113,11 @@ def report_suspects(result: AdaptResult, suspects: SuspectConfig, summary: DataS
     scores = result.suspect_scores[suspects.score]
     rows = [{"file": named(paths, [train_at[i]], summary.root)[0], "score": float(scores[i])} for i in result.suspects]
     listed = ": " + ", ".join(f"{r['file']} ({r['score']:.2f})" for r in rows) if rows else ""
-    dropped = ("; adapted again without them (--drop_suspects)" if result.dropped else
-               "; --drop_suspects true adapts again without them" if rows else "")
+    setting = str(suspects.drop).lower()
+    if suspects.drop == "auto":
+        setting += f": {100 * suspects.auto_share:g}% of the images or more"
+    dropped = (f"; adapted again without them (--drop_suspects {setting})" if result.dropped else
+               f"; kept (--drop_suspects {setting}); --drop_suspects true adapts again without them" if rows else "")
     print(f"suspects: {len(rows)} of {n_train} training images look filed under the wrong class "
           f"(--suspects.score {suspects.score} above {suspects.threshold:g}){dropped}{listed}")
     return rows

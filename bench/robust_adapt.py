@@ -19,7 +19,7 @@ Modes (``MODES``): ``naive`` (cross-entropy on every image, no remedy, with adap
 the fine-tuning adapt.py had before: 100 Adam steps at 0.01 on mini-batches of 32), ``sgd10`` and
 ``sgd20`` (naive with 10 or 20 steps: the comparison the 20-step default was chosen on; ``sgd20``
 equals ``naive`` since), ``default``
-(adapt.py's defaults), ``balanced`` (class-balanced loss), ``drop`` (suspects re-adapted without), ``balanced_drop``
+(adapt.py's defaults: balanced loss, suspects dropped when they are 10% of the images or more), ``balanced`` (class-balanced loss), ``drop`` (suspects re-adapted without), ``balanced_drop``
 (both), ``smooth``
 and ``sce`` (robust losses). Each adaptation is ``lightning_metanas.adaptation.adapt`` (the code
 behind adapt.py); its model is saved, loaded back and classifies every held-out image alone
@@ -145,9 +145,9 @@ def run_setting(model: MetaNASModule, name: str, modes: list[str], args, scores:
             labels, wrong = noisy(train.labels, setting.noise, seeding.rng(args.seed, KEY, t, "noise"))
             train = LabelledImages(train.images, labels, train.class_names)
             done: dict[tuple, dict] = {}
-            for mode in sorted(modes, key=lambda m: MODES[m][1]):  # the modes that drop nothing first
+            for mode in sorted(modes, key=lambda m: MODES[m][1] is not False):  # the modes that drop nothing first
                 key, drop = effective(mode, train), MODES[mode][1]
-                row = done.get(key) if not drop or (key in done and not done[key]["suspects"]) else done.get(key + ("drop",))
+                row = reused(done, key, replace(suspects, drop=drop), len(labels))
                 if row is None:
                     result = adapt(model.supernet, model.meta, train, val, Preprocessing(28, 1, True),
                                    tuning=MODES[mode][0], arch=arch, seed=t, suspects=suspects, drop_suspects=drop)
@@ -162,6 +162,17 @@ def run_setting(model: MetaNASModule, name: str, modes: list[str], args, scores:
                 rows[mode].append(row | {"rare_recall": sum(row["recall"][c] for c in rare) / len(rare) if rare else None,
                                          "hits": hits})
     return [cell(model, name, mode, rows[mode], suspects, time.time() - start) for mode in modes]
+
+
+def reused(done: dict[tuple, dict], key: tuple, rule: SuspectConfig, images: int) -> Optional[dict]:
+    """The row of an adaptation this task already made that ``rule`` would make too: the one
+    without dropping when it drops nothing (known from that row's suspects), else the one that
+    dropped them (the suspects, and so what is dropped, do not depend on the mode)."""
+    if rule.drop is False:
+        return done.get(key)
+    if key in done:
+        return done[key] if not rule.drops(len(done[key]["suspects"]), images) else done.get(key + ("drop",))
+    return done.get(key + ("drop",)) if rule.drop is True else None
 
 
 def cell(model: MetaNASModule, name: str, mode: str, rows: list[dict], suspects: SuspectConfig, seconds: float) -> dict:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Literal, Optional
+from typing import Callable, Literal, Optional, Union
 
 import torch
 from torch import nn
@@ -443,14 +443,16 @@ def adapt(
     supernet: SuperNet, meta: MetaConfig, train: LabelledImages, val: LabelledImages, preprocessing: Preprocessing,
     search: TaskSearchConfig = TaskSearchConfig(), tuning: FinetuneConfig = FinetuneConfig(),
     search_state: Optional[dict] = None, arch: Optional[Architecture] = None, seed: int = 0,
-    steps: Optional[int] = None, suspects: SuspectConfig = SuspectConfig(), drop_suspects: bool = False,
+    steps: Optional[int] = None, suspects: SuspectConfig = SuspectConfig(), drop_suspects: Union[bool, str] = False,
 ) -> AdaptResult:
     """Adapt to the task ``(train, val)`` (see the module docstring): ``arch``, or the best of a
     search; ``search_state`` is the checkpoint's ``EvolutionarySearch.state_dict()`` (the
     search's settings, and its population and predictor for a warm start); ``steps``: the
     scoring's adaptation steps (default: the checkpoint's ``eval_inner_steps``). The train
     images whose ``suspects`` score exceeds its threshold are listed; ``drop_suspects``
-    re-adapts from the meta-weights without them."""
+    re-adapts from the meta-weights without them (``"auto"``: when they are at least
+    ``suspects.auto_share`` of the train images)."""
+    rule = replace(suspects, drop=drop_suspects)
     searched = arch is None
     tuning = tuning.resolved(meta)
     if searched and search.warm_start and not search_state:
@@ -480,17 +482,19 @@ def adapt(
     scores = suspect_scores(net, adapter, arch, train)
     # a score known before fine-tuning: the suspects are dropped before the one fine-tuning
     listed = flagged(scores[suspects.score], labels, suspects.threshold).tolist() if suspects.score in scores else None
-    kept, index = without(train, listed if drop_suspects and listed else [])
+    dropped = listed is not None and rule.drops(len(listed), len(labels))
+    kept, index = without(train, listed if dropped else [])
     trace = MarginTrace(kept.labels.cpu())
     params, model = fit(adapter, net, arch, kept, tuning, preprocessing, seed, trace)
     scores |= fitted_scores(model, train, trace, index)
     if listed is None:
         listed = flagged(scores[suspects.score], labels, suspects.threshold).tolist()
-        if drop_suspects and listed:
+        dropped = rule.drops(len(listed), len(labels))
+        if dropped:
             params, model = fit(adapter, net, arch, without(train, listed)[0], tuning, preprocessing, seed)
     finetune_seconds = time.perf_counter() - start
     inductive, transductive = held_out_predictions(arch, params, model, adapter, val.images)
     model.net.cpu()
     return AdaptResult(model, float((inductive == val.labels).float().mean()),
                        float((transductive == val.labels).float().mean()), searched, outcome, finetune_seconds, head,
-                       scores, listed, drop_suspects and bool(listed), inductive.cpu(), transductive.cpu(), tuning)
+                       scores, listed, dropped, inductive.cpu(), transductive.cpu(), tuning)

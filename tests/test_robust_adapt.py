@@ -4,7 +4,9 @@ the held-out confusion matrix, and adapt.py printing all of it for a folder with
 and imbalanced classes."""
 import json
 import random
+import re
 import shutil
+from dataclasses import replace
 
 import pytest
 import pytorch_lightning as pl
@@ -146,6 +148,28 @@ def test_adapt_lists_the_swapped_images_and_drops_them_on_request():
     predictions = dropped.model.logits(val.images, batch_size=1).argmax(-1)
     assert torch.equal(predictions, dropped.predictions)
     assert float((predictions == val.labels).float().mean()) == dropped.val_acc
+    # auto: 2 suspects of 18 images (11%) drop at a share of 0.1, not at 0.2; each is one of the two above
+    assert len(labels) == 18
+    for share, same_as in ((0.1, dropped), (0.2, kept)):
+        auto = adapt(supernet, MetaConfig(), train, val, PLAIN, tuning=tuning, arch=arch,
+                     suspects=replace(config, auto_share=share), drop_suspects="auto")
+        assert auto.suspects == [7, 0] and auto.dropped is same_as.dropped
+        assert all(torch.equal(a, b) for a, b in zip(auto.model.net.state_dict().values(),
+                                                     same_as.model.net.state_dict().values()))
+
+
+def test_auto_drops_the_suspects_from_a_share_of_the_images_on():
+    rule = SuspectConfig()
+    assert rule.drop == "auto" and rule.auto_share == 0.1  # the defaults chosen on validation classes
+    assert [rule.drops(n, 25) for n in (0, 1, 2, 3, 10)] == [False, False, False, True, True]
+    assert rule.drops(1, 10) and not rule.drops(0, 10)
+    assert SuspectConfig(drop=True).drops(1, 100) and not SuspectConfig(drop=True).drops(0, 100)
+    assert not SuspectConfig(drop=False).drops(25, 25)
+    assert SuspectConfig(auto_share=0.0).drops(1, 100) and not SuspectConfig(auto_share=0.0).drops(0, 100)
+    for bad, message in (({"drop": "sometimes"}, "--drop_suspects must be true, false or auto, got 'sometimes'"),
+                         ({"auto_share": 1.5}, "--suspects.auto_share must be a share in [0, 1], got 1.5")):
+        with pytest.raises(SettingsError, match=re.escape(message)):
+            SuspectConfig(**bad)
 
 
 # -- the data summary and the held-out report ----------------------------------------------------
@@ -244,9 +268,13 @@ def test_adapt_py_on_a_mislabelled_imbalanced_folder(tmp_path):
     record = json.loads(out.read_text())
     suspects = [row["file"] for row in record["suspects"]]
     line = next(line for line in printed if line.startswith("suspects: "))
+    dropped = len(suspects) >= 0.1 * record["n_train"]  # --drop_suspects auto, the default
+    assert record["suspects_dropped"] is dropped
     assert line.startswith(f"suspects: {len(suspects)} of {record['n_train']} training images look filed under the "
-                           "wrong class (--suspects.score prototype above 0); --drop_suspects true adapts again "
-                           "without them")
+                           "wrong class (--suspects.score prototype above 0); " + (
+                               "adapted again without them (--drop_suspects auto: 10% of the images or more)" if dropped
+                               else "kept (--drop_suspects auto: 10% of the images or more); --drop_suspects true "
+                               "adapts again without them"))
     mislabelled = {"disc/vbars06.png", "disc/vbars07.png"} - set(record["held_out_files"])
     assert mislabelled and mislabelled <= set(suspects), (mislabelled, suspects)
     assert record["data"]["counts"] == {"disc": 11, "frame": 7, "hbars": 3, "vbars": 6}
