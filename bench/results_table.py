@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/results_table.py [bench/results/omniglot.json]
     .venv/bin/python bench/results_table.py --norm [bench/results/omniglot.json]   # the support-statistics table
+    .venv/bin/python bench/results_table.py --arms [bench/results/omniglot.json]   # every arm with its costs
 
 One row per setting: each arm's mean and spread (sample standard deviation) over the recorded
 seeds, the per-run accuracies with their 95% intervals over the 600 test tasks, the searched
@@ -23,6 +24,7 @@ SETTINGS = {  # setting: (label, MAML published, T-NAS++ published)
     "20w5s": ("20-way 5-shot", "98.9", "—"),
 }
 ARMS = {"conv4": "Conv-4", "search": "searched"}
+COST_ARMS = {"conv4": "Conv-4", "largest": "largest network", "search": "searched"}
 
 
 def spread(values: list[float]) -> str:
@@ -33,12 +35,15 @@ def spread(values: list[float]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    norm = "--norm" in argv
-    argv = [a for a in argv if a != "--norm"]
+    norm, arms = "--norm" in argv, "--arms" in argv
+    argv = [a for a in argv if a not in ("--norm", "--arms")]
     path = Path(argv[0]) if argv else ROOT / "bench/results/omniglot.json"
     entries = json.loads(path.read_text()) if path.is_file() else []
     if norm:
         print(norm_table(entries) or "no support-statistics runs recorded")
+        return 0
+    if arms:
+        print(arms_table(entries, latency_ratios(entries)) or "no runs recorded")
         return 0
     print("| setting | seeds | searched: mean ± sd over seeds | Conv-4: mean ± sd over seeds | searched − Conv-4 | "
           "per seed, searched / Conv-4 (± 95% interval) | MAML (**published**) | T-NAS++ (**published**) |")
@@ -121,6 +126,56 @@ def norm_table(entries: list[dict]) -> str:
         "same weights, batch statistics | one image − today's figure (same seeds) | "
         "per seed: one image ± 95% / today's |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows])
+
+
+
+def latency_ratios(entries: list[dict], repeats: int = 200) -> dict[tuple[str, int], float]:
+    """Each run's network's one-image latency as a multiple of Conv-4's with the same head, both
+    measured now by the function the search and the ground truth use (a ratio, so that a busy
+    machine slows both alike; the absolute figures are per CPU model)."""
+    sys.path.insert(0, str(ROOT))
+    from lightning_metanas.latency import latency_ms
+    from lightning_metanas.search_space import Architecture, SearchSpace
+
+    ways = {"5w1s": 5, "5w5s": 5, "20w1s": 20, "20w5s": 20}
+    cache: dict[tuple[str, int], float] = {}
+
+    def ms(arch: Architecture, n: int) -> float:
+        if (str(arch), n) not in cache:
+            cache[str(arch), n] = latency_ms(arch, ways=n, repeats=repeats)
+        return cache[str(arch), n]
+
+    out = {}
+    for e in entries:
+        if e["arm"] in COST_ARMS and e.get("arch"):
+            n = ways[e["setting"]]
+            out[e["setting"], id(e)] = ms(Architecture.from_dict(e["arch"]), n) / ms(SearchSpace().reference(), n)
+    return out
+
+
+def arms_table(entries: list[dict], latency: dict) -> str:
+    """Issue 19's equal-budget table: Conv-4, the largest network of the space and the searched
+    architecture, each meta-trained at the setting's budget, with what each costs to run."""
+    rows = []
+    for setting, (label, _, _) in SETTINGS.items():
+        for arm, name in COST_ARMS.items():
+            runs = sorted((e for e in entries if e["setting"] == setting and e["arm"] == arm), key=lambda e: e["seed"])
+            if not runs:
+                continue
+            ratios = [latency[setting, id(e)] for e in runs if (setting, id(e)) in latency]
+            rows.append(f"| {label} | {name} | {', '.join(str(e['seed']) for e in runs)} | "
+                        f"{spread([e['acc'] for e in runs])} | "
+                        + (spread([e["acc_inductive"] for e in runs if e.get("acc_inductive") is not None])
+                           if all(e.get("acc_inductive") is not None for e in runs) else "—") + " | "
+                        f"{statistics.median(e['params'] for e in runs) / 1000:.0f}k | "
+                        f"{statistics.median(e['flops'] for e in runs) / 1e6:.1f} | "
+                        f"{f'{statistics.median(ratios):.2f}' if ratios else '—'} |")
+    if not rows:
+        return ""
+    return "\n".join([
+        "| setting | arm | seeds | test accuracy, batch statistics: mean ± sd over seeds | one image at a time | "
+        "parameters (median over seeds) | MFLOPs | latency vs Conv-4 (one image, one thread) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |", *rows])
 
 
 if __name__ == "__main__":

@@ -192,6 +192,23 @@ def test_results_table_sets_support_trained_one_image_accuracy_against_todays_ba
     assert "0: 87.00 ± 1.00 / 90.00, 1: 90.00 ± 1.00 / 92.00 |" in row
 
 
+def test_results_table_lists_every_arm_with_its_costs():
+    from bench import results_table
+
+    def entry(arm, seed, acc, params, flops, **extra):
+        return {"setting": "20w1s", "arm": arm, "seed": seed, "acc": acc, "ci95": 0.01, "params": params,
+                "flops": flops, **extra}
+
+    runs = [entry("largest", 1, 0.80, 412000, 27.4e6), entry("largest", 0, 0.84, 412000, 27.4e6),
+            entry("conv4", 0, 0.77, 113000, 9.8e6, acc_inductive=0.70), entry("search", 0, 0.81, 137000, 5.9e6)]
+    latency = {("20w1s", id(runs[0])): 2.5, ("20w1s", id(runs[1])): 2.3, ("20w1s", id(runs[2])): 1.0}
+    rows = results_table.arms_table(runs, latency).splitlines()
+    assert rows[2] == "| 20-way 1-shot | Conv-4 | 0 | **77.00** (1 seed) | **70.00** (1 seed) | 113k | 9.8 | 1.00 |"
+    assert rows[3] == "| 20-way 1-shot | largest network | 0, 1 | **82.00** ± 2.83 | — | 412k | 27.4 | 2.40 |"
+    assert rows[4] == "| 20-way 1-shot | searched | 0 | **81.00** (1 seed) | — | 137k | 5.9 | — |"
+    assert results_table.arms_table([], {}) == ""
+
+
 def test_budget_table_sets_search_against_random_search_zero_cost_largest_and_oracle(tmp_path, capsys):
     from bench import budget_table
 
