@@ -58,8 +58,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--held_out", type=int, default=5)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--scorings", type=int, default=24)
-    parser.add_argument("--finetune_steps", type=int, default=None,
-                        help="Fine-tuning steps (default: adapt.py's, the checkpoint's inner loop).")
+    parser.add_argument("--finetune_steps", type=int, default=FinetuneConfig.steps,
+                        help="Fine-tuning steps (default: adapt.py's).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)

@@ -236,3 +236,26 @@ def test_budget_table_sets_search_against_random_search_zero_cost_largest_and_or
     assert row["random"] == pytest.approx(0.80) and row["random_n"] == 3 and row["oracle"] == ["a", 0.90]
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| flops3M"))
     assert "| 85.00 | 90.00, 80.00 | not trained | 70.00 | 80.00 | 80.00 (3) | 90.00 | +15.00 | +5.00 |" in line
+
+
+def test_adapt_omniglot_bench_measures_the_saved_model_alone_and_as_a_batch_on_unseen_characters(tmp_path):
+    """The bench behind the docs' one-image figures on unseen alphabets runs with adapt.py's
+    defaults and records, per task, the loaded model's one-image accuracy beside the batch figure."""
+    from bench import adapt_omniglot
+    from tests.test_robust_adapt import tiny_checkpoint
+
+    ckpt = tiny_checkpoint(tmp_path / "tiny.ckpt", tmp_path, ways=3)
+    out = tmp_path / "adapt.json"
+    assert adapt_omniglot.main(["--ckpt_path", str(ckpt), "--root", str(ROOT / "data/omniglot"), "--tasks", "2",
+                                "--ways", "3", "--shots", "2", "--held_out", "2", "--modes", "given", "scratch",
+                                "--scorings", "2", "--out", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert set(written["rows"]) == {"given", "scratch"}
+    for mode, rows in written["rows"].items():
+        assert [r["task"] for r in rows] == [0, 1]
+        for r in rows:  # 3 characters x 2 held-out drawings: accuracies are sixths
+            assert 0 <= r["inductive"] <= 1 and round(6 * r["inductive"], 6) == round(6 * r["inductive"])
+            assert round(6 * r["transductive"], 6) == round(6 * r["transductive"])
+        assert all(r["arch"] == "conv3x3@16-conv3x3@16" for r in written["rows"]["given"])
+        mean, ci = written["summary"][mode]["inductive"]
+        assert mean == pytest.approx(sum(r["inductive"] for r in rows) / 2) and ci >= 0
