@@ -160,7 +160,7 @@ def main(args: Optional[list[str]] = None) -> dict:
     check_images_per_class(images, searched=arch is None)
     train, val, train_at, val_at = split_with_indices(images, cli.val_fraction, seed)
     result = adapt(model.supernet.to(device), model.meta, train, val, preprocessing, search, tuning,
-                   search_state(checkpoint), arch, seed, cli.model.meta.eval_inner_steps, suspects, suspects.drop)
+                   search_state(checkpoint), arch, seed, cli.model.meta.eval_inner_steps, suspects)
 
     given = "the architecture of --model.eval_arch" if cli.model.eval_arch else "the checkpoint's architecture"
     how = (given if not result.searched else

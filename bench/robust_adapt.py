@@ -150,7 +150,8 @@ def run_setting(model: MetaNASModule, name: str, modes: list[str], args, scores:
                 row = reused(done, key, replace(suspects, drop=drop), len(labels))
                 if row is None:
                     result = adapt(model.supernet, model.meta, train, val, Preprocessing(28, 1, True),
-                                   tuning=MODES[mode][0], arch=arch, seed=t, suspects=suspects, drop_suspects=drop)
+                                   tuning=MODES[mode][0], arch=arch, seed=t,
+                                   suspects=replace(suspects, drop=drop))
                     row = measure(result, val, tmp) | {"suspects": result.suspects, "dropped": result.dropped}
                     if scores is not None and not done:
                         scores.append({"setting": name, "arch": str(arch), "task": t, "labels": labels.tolist(),

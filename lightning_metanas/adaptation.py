@@ -41,7 +41,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field, replace
-from typing import Callable, Literal, Optional, Union
+from typing import Callable, Literal, Optional
 
 import torch
 from torch import nn
@@ -443,16 +443,17 @@ def adapt(
     supernet: SuperNet, meta: MetaConfig, train: LabelledImages, val: LabelledImages, preprocessing: Preprocessing,
     search: TaskSearchConfig = TaskSearchConfig(), tuning: FinetuneConfig = FinetuneConfig(),
     search_state: Optional[dict] = None, arch: Optional[Architecture] = None, seed: int = 0,
-    steps: Optional[int] = None, suspects: SuspectConfig = SuspectConfig(), drop_suspects: Union[bool, str] = False,
+    steps: Optional[int] = None, suspects: SuspectConfig = SuspectConfig(),
 ) -> AdaptResult:
     """Adapt to the task ``(train, val)`` (see the module docstring): ``arch``, or the best of a
     search; ``search_state`` is the checkpoint's ``EvolutionarySearch.state_dict()`` (the
     search's settings, and its population and predictor for a warm start); ``steps``: the
     scoring's adaptation steps (default: the checkpoint's ``eval_inner_steps``). The train
-    images whose ``suspects`` score exceeds its threshold are listed; ``drop_suspects``
-    re-adapts from the meta-weights without them (``"auto"``: when they are at least
-    ``suspects.auto_share`` of the train images)."""
-    rule = replace(suspects, drop=drop_suspects)
+    images whose ``suspects`` score exceeds its threshold are listed; ``suspects.drop``
+    re-adapts from the meta-weights without them (``"auto"``, the default as in ``adapt.py``:
+    when they are at least ``suspects.auto_share`` of the train images). One setting, so that
+    the library and the command line drop the same images."""
+    rule = suspects
     searched = arch is None
     tuning = tuning.resolved(meta)
     if searched and search.warm_start and not search_state:

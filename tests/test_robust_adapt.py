@@ -132,13 +132,13 @@ def test_adapt_lists_the_swapped_images_and_drops_them_on_request():
     labels[0], labels[7] = 1, 2  # a 0 filed under 1, a 1 filed under 2
     train = LabelledImages(train.images, labels, train.class_names)
     arch = Architecture(("conv3x3", "max_pool3x3"), (8, 8))
-    tuning, config = FinetuneConfig(steps=10), SuspectConfig(threshold=0.3)
+    tuning, config = FinetuneConfig(steps=10), SuspectConfig(threshold=0.3, drop=False)
     kept = adapt(supernet, MetaConfig(), train, val, PLAIN, tuning=tuning, arch=arch, suspects=config)
     assert set(kept.suspect_scores) == {"prototype", "aum", "margin", "loss"}
     assert all(len(v) == len(labels) for v in kept.suspect_scores.values())
     assert kept.suspects == [7, 0] and not kept.dropped  # most suspect first
-    dropped = adapt(supernet, MetaConfig(), train, val, PLAIN, tuning=tuning, arch=arch, suspects=config,
-                    drop_suspects=True)
+    dropped = adapt(supernet, MetaConfig(), train, val, PLAIN, tuning=tuning, arch=arch,
+                    suspects=replace(config, drop=True))
     assert dropped.suspects == [7, 0] and dropped.dropped
     assert dropped.suspect_scores["aum"][[0, 7]].isnan().all()  # not seen by the fine-tuning
     assert not dropped.suspect_scores["aum"][1:7].isnan().any()
@@ -152,7 +152,7 @@ def test_adapt_lists_the_swapped_images_and_drops_them_on_request():
     assert len(labels) == 18
     for share, same_as in ((0.1, dropped), (0.2, kept)):
         auto = adapt(supernet, MetaConfig(), train, val, PLAIN, tuning=tuning, arch=arch,
-                     suspects=replace(config, auto_share=share), drop_suspects="auto")
+                     suspects=replace(config, auto_share=share, drop="auto"))
         assert auto.suspects == [7, 0] and auto.dropped is same_as.dropped
         assert all(torch.equal(a, b) for a, b in zip(auto.model.net.state_dict().values(),
                                                      same_as.model.net.state_dict().values()))
