@@ -24,7 +24,12 @@ SETTINGS = {  # setting: (label, MAML published, T-NAS++ published)
     "20w5s": ("20-way 5-shot", "98.9", "—"),
 }
 ARMS = {"conv4": "Conv-4", "search": "searched"}
-COST_ARMS = {"conv4": "Conv-4", "largest": "largest network", "search": "searched"}
+COST_ARMS = {"conv4": "Conv-4", "largest": "largest network", "search": "searched",
+             # part 5's budget rows (5-way 1-shot only): the budgeted search against the best
+             # zero-cost pick within the same budget, both trained at the setting's budget
+             "search_flops3M": "searched within 3 MFLOPs", "zero_cost_flops3M": "best zero-cost pick within 3 MFLOPs",
+             "search_params40k": "searched within 40k parameters",
+             "zero_cost_params40k": "best zero-cost pick within 40k parameters"}
 
 
 def spread(values: list[float]) -> str:

@@ -206,6 +206,11 @@ def test_results_table_lists_every_arm_with_its_costs():
     assert rows[2] == "| 20-way 1-shot | Conv-4 | 0 | **77.00** (1 seed) | **70.00** (1 seed) | 113k | 9.8 | 1.00 |"
     assert rows[3] == "| 20-way 1-shot | largest network | 0, 1 | **82.00** ± 2.83 | — | 412k | 27.4 | 2.40 |"
     assert rows[4] == "| 20-way 1-shot | searched | 0 | **81.00** (1 seed) | — | 137k | 5.9 | — |"
+    budget = [dict(entry("zero_cost_flops3M", 0, 0.90, 30000, 2.9e6), setting="5w1s"),
+              dict(entry("search_flops3M", 0, 0.92, 50000, 2.3e6), setting="5w1s")]
+    rows = results_table.arms_table(budget, {}).splitlines()
+    assert rows[2:] == ["| 5-way 1-shot | searched within 3 MFLOPs | 0 | **92.00** (1 seed) | — | 50k | 2.3 | — |",
+                        "| 5-way 1-shot | best zero-cost pick within 3 MFLOPs | 0 | **90.00** (1 seed) | — | 30k | 2.9 | — |"]
     assert results_table.arms_table([], {}) == ""
 
 
