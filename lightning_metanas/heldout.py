@@ -50,10 +50,22 @@ def lines(matrix: torch.Tensor, class_names: Sequence[str]) -> list[str]:
     return out
 
 
+def short_label(name: str, width: int = 24) -> str:
+    """A class name cut to ``width`` characters in the middle, where folder names such as
+    ``0003-images_evaluation--Malayalam--character39`` repeat least (their start and end differ)."""
+    if len(name) <= width:
+        return name
+    head = (width - 1) // 2
+    return name[:head] + "…" + name[len(name) - (width - 1 - head):]
+
+
 def plot_confusion(matrix: torch.Tensor, class_names: Sequence[str], path: str | Path) -> Path:
-    """The matrix as a PNG (rows normalised to recall, counts written in each cell)."""
+    """The matrix as a PNG (rows normalised to recall, counts written in each cell); long class
+    names are cut in the middle and the figure widened for them, so the axes always fit."""
     n = len(class_names)
-    fig = Figure(figsize=(1.2 + 0.45 * n, 1.0 + 0.45 * n))
+    class_names = [short_label(c) for c in class_names]
+    margin = 0.06 * max(len(c) for c in class_names)  # inches for 7-point tick labels
+    fig = Figure(figsize=(1.2 + margin + 0.45 * n, 1.0 + margin + 0.45 * n))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     share = (matrix.double() / matrix.sum(1, keepdim=True).clamp(min=1)).numpy()

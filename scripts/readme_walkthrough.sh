@@ -15,7 +15,8 @@ W=${1:-/tmp/metanas_walkthrough}
 rm -rf "$W"; mkdir -p "$W"
 git clone -q "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)" "$W/p"
 cd "$W/p"; git log -1 --oneline
-t() { local s; s=$(date +%s); "$@"; echo "[walkthrough] $(( $(date +%s) - s )) s: $*"; }
+exec 3>&1  # the step times go to the script's output even where a step's own output is redirected
+t() { local s; s=$(date +%s); "$@"; echo "[walkthrough] $(( $(date +%s) - s )) s: $*" >&3; }
 t make install > "$W/install.log" 2>&1
 t make train > "$W/train.log" 2>&1; grep "meta-test:" "$W/train.log"
 .venv/bin/python scripts/omniglot_to_folders.py --out "$W/folders" > /dev/null

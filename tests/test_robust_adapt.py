@@ -329,3 +329,15 @@ def test_robust_adapt_table_pairs_each_mode_with_naive_on_the_same_tasks(tmp_pat
     assert "0.75 / 0.50" in rows["naive"]
     with pytest.raises(SystemExit, match="no .* block"):
         robust_adapt_table.main(["--file", str(data), "--write", str(data)])
+
+
+def test_confusion_plot_fits_long_class_names_without_a_layout_warning(tmp_path, recwarn):
+    from lightning_metanas.heldout import plot_confusion, short_label
+
+    names = [f"000{i}-images_evaluation--Alphabet_of_the_Magi--character1{i}" for i in range(5)]
+    assert short_label(names[3]) == "0003-images…-character13" and len(short_label(names[3])) == 24
+    assert short_label("disc") == "disc"
+    assert len({short_label(n) for n in names}) == 5  # still tells the classes apart
+    path = plot_confusion(torch.eye(5, dtype=torch.long) * 3, names, tmp_path / "c.png")
+    assert path.stat().st_size > 0
+    assert not [w for w in recwarn if "layout" in str(w.message).lower()]
