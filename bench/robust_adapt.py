@@ -146,12 +146,11 @@ def run_setting(model: MetaNASModule, name: str, modes: list[str], args, scores:
             train = LabelledImages(train.images, labels, train.class_names)
             done: dict[tuple, dict] = {}
             for mode in sorted(modes, key=lambda m: MODES[m][1] is not False):  # the modes that drop nothing first
-                key, drop = effective(mode, train), MODES[mode][1]
-                row = reused(done, key, replace(suspects, drop=drop), len(labels))
+                key, rule = effective(mode, train), replace(suspects, drop=MODES[mode][1])
+                row = reused(done, key, rule, len(labels))
                 if row is None:
                     result = adapt(model.supernet, model.meta, train, val, Preprocessing(28, 1, True),
-                                   tuning=MODES[mode][0], arch=arch, seed=t,
-                                   suspects=replace(suspects, drop=drop))
+                                   tuning=MODES[mode][0], arch=arch, seed=t, suspects=rule)
                     row = measure(result, val, tmp) | {"suspects": result.suspects, "dropped": result.dropped}
                     if scores is not None and not done:
                         scores.append({"setting": name, "arch": str(arch), "task": t, "labels": labels.tolist(),

@@ -453,7 +453,6 @@ def adapt(
     re-adapts from the meta-weights without them (``"auto"``, the default as in ``adapt.py``:
     when they are at least ``suspects.auto_share`` of the train images). One setting, so that
     the library and the command line drop the same images."""
-    rule = suspects
     searched = arch is None
     tuning = tuning.resolved(meta)
     if searched and search.warm_start and not search_state:
@@ -483,14 +482,14 @@ def adapt(
     scores = suspect_scores(net, adapter, arch, train)
     # a score known before fine-tuning: the suspects are dropped before the one fine-tuning
     listed = flagged(scores[suspects.score], labels, suspects.threshold).tolist() if suspects.score in scores else None
-    dropped = listed is not None and rule.drops(len(listed), len(labels))
+    dropped = listed is not None and suspects.drops(len(listed), len(labels))
     kept, index = without(train, listed if dropped else [])
     trace = MarginTrace(kept.labels.cpu())
     params, model = fit(adapter, net, arch, kept, tuning, preprocessing, seed, trace)
     scores |= fitted_scores(model, train, trace, index)
     if listed is None:
         listed = flagged(scores[suspects.score], labels, suspects.threshold).tolist()
-        dropped = rule.drops(len(listed), len(labels))
+        dropped = suspects.drops(len(listed), len(labels))
         if dropped:
             params, model = fit(adapter, net, arch, without(train, listed)[0], tuning, preprocessing, seed)
     finetune_seconds = time.perf_counter() - start

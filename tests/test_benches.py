@@ -256,11 +256,11 @@ def test_adapt_omniglot_bench_measures_the_saved_model_alone_and_as_a_batch_on_u
                                 "--scorings", "2", "--out", str(out)]) == 0
     written = json.loads(out.read_text())
     assert set(written["rows"]) == {"given", "scratch"}
+    assert all(r["arch"] == "conv3x3@16-conv3x3@16" for r in written["rows"]["given"])  # the checkpoint's
     for mode, rows in written["rows"].items():
         assert [r["task"] for r in rows] == [0, 1]
         for r in rows:  # 3 characters x 2 held-out drawings: accuracies are sixths
             assert 0 <= r["inductive"] <= 1 and round(6 * r["inductive"], 6) == round(6 * r["inductive"])
             assert round(6 * r["transductive"], 6) == round(6 * r["transductive"])
-        assert all(r["arch"] == "conv3x3@16-conv3x3@16" for r in written["rows"]["given"])
         mean, ci = written["summary"][mode]["inductive"]
         assert mean == pytest.approx(sum(r["inductive"] for r in rows) / 2) and ci >= 0
