@@ -94,7 +94,16 @@ MODES = {
     "balanced_drop": (replace(NAIVE, balanced=True), True),  # both remedies
     "smooth": (replace(NAIVE, loss="smooth"), False),
     "sce": (replace(NAIVE, loss="sce"), False),
+    "layers2": (FinetuneConfig(), SuspectConfig().drop),  # default, suspects by MODE_SUSPECTS
 }
+# modes that list suspects otherwise than adapt.py's default (SuspectConfig fields), chosen on
+# validation classes by bench/robust_adapt_threshold.py (bench/robust_adapt/layers_val.json)
+MODE_SUSPECTS = {"layers2": {"layers": 2, "threshold": 0.22}}
+
+
+def mode_rule(mode: str) -> SuspectConfig:
+    """The suspect setting ``mode`` adapts with."""
+    return SuspectConfig(drop=MODES[mode][1], **MODE_SUSPECTS.get(mode, {}))
 
 
 def noisy(labels: torch.Tensor, p: float, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,7 +144,6 @@ def measure(result, val: LabelledImages, tmp: str) -> dict:
 def run_setting(model: MetaNASModule, name: str, modes: list[str], args, scores: Optional[list]) -> list[dict]:
     """The cells of one (network, setting): every mode on the same ``args.tasks`` tasks."""
     setting, arch = SETTINGS[name], model.evaluated_architecture()
-    suspects = SuspectConfig(drop=False)
     rows: dict[str, list[dict]] = {m: [] for m in modes}
     start = time.time()
     tasks = omniglot_tasks(args.root, args.split_seed, args.split, args.tasks, setting.shots, QUERIES, args.seed, KEY,
@@ -146,7 +154,8 @@ def run_setting(model: MetaNASModule, name: str, modes: list[str], args, scores:
             train = LabelledImages(train.images, labels, train.class_names)
             done: dict[tuple, dict] = {}
             for mode in sorted(modes, key=lambda m: MODES[m][1] is not False):  # the modes that drop nothing first
-                key, rule = effective(mode, train), replace(suspects, drop=MODES[mode][1])
+                rule = mode_rule(mode)
+                key = effective(mode, train) + (rule.layers, rule.threshold)  # what is listed differs too
                 row = reused(done, key, rule, len(labels))
                 if row is None:
                     result = adapt(model.supernet, model.meta, train, val, Preprocessing(28, 1, True),
@@ -161,7 +170,7 @@ def run_setting(model: MetaNASModule, name: str, modes: list[str], args, scores:
                 hits = precision_recall(torch.tensor(row["suspects"], dtype=torch.long), wrong)
                 rows[mode].append(row | {"rare_recall": sum(row["recall"][c] for c in rare) / len(rare) if rare else None,
                                          "hits": hits})
-    return [cell(model, name, mode, rows[mode], suspects, time.time() - start) for mode in modes]
+    return [cell(model, name, mode, rows[mode], time.time() - start) for mode in modes]
 
 
 def reused(done: dict[tuple, dict], key: tuple, rule: SuspectConfig, images: int) -> Optional[dict]:
@@ -175,9 +184,9 @@ def reused(done: dict[tuple, dict], key: tuple, rule: SuspectConfig, images: int
     return done.get(key + ("drop",)) if rule.drop is True else None
 
 
-def cell(model: MetaNASModule, name: str, mode: str, rows: list[dict], suspects: SuspectConfig, seconds: float) -> dict:
+def cell(model: MetaNASModule, name: str, mode: str, rows: list[dict], seconds: float) -> dict:
     """One entry of the output: the mode's figures over the tasks of the setting."""
-    tuning, drop = MODES[mode]
+    tuning = MODES[mode][0]
     entry = {"arch": str(model.evaluated_architecture()), "setting": name, "mode": mode, "tasks": len(rows)}
     for key in ("acc", "balanced_acc", "acc_transductive", "balanced_acc_transductive", "rare_recall"):
         values = [r[key] for r in rows if r[key] is not None]
@@ -190,7 +199,7 @@ def cell(model: MetaNASModule, name: str, mode: str, rows: list[dict], suspects:
     return entry | {
         "dropped": sum(len(r["suspects"]) for r in rows if r["dropped"]),
         "finetune": vars(tuning.resolved(model.meta)),
-        "suspects": vars(suspects) | {"drop": drop},
+        "suspects": vars(mode_rule(mode)),
         "per_task": {k: [r[k] for r in rows] for k in ("acc", "acc_transductive", "rare_recall") if rows[0][k] is not None},
         "seconds_setting": round(seconds, 1)}
 

@@ -62,7 +62,8 @@ from lightning_metanas.search_config import SearchConfig
 from lightning_metanas.search_space import Architecture, SearchSpace
 from lightning_metanas.standalone import StandaloneNet
 from lightning_metanas.supernet import SuperNet
-from lightning_metanas.suspects import MarginTrace, SuspectConfig, flagged, loss_scores, margin_scores, prototype_scores
+from lightning_metanas.suspects import (MarginTrace, SuspectConfig, flagged, layered_prototype_scores, loss_scores,
+                                         margin_scores)
 
 MIN_IMAGES_SEARCH = 3  # per class, when an architecture is searched on the task
 MIN_IMAGES_GIVEN = 2  # per class, when the architecture is given
@@ -390,10 +391,11 @@ def held_out_accuracies(net: SuperNet, arch: Architecture, params: list[torch.Te
 
 
 @torch.no_grad()
-def meta_features(net: SuperNet, adapter: TaskAdapter, arch: Architecture, images: torch.Tensor) -> torch.Tensor:
-    """The meta-weights' features of ``images`` (normalised as one batch), before any
-    fine-tuning: what the ``prototype`` suspect score compares."""
-    return net.features(adapter.in_memory_layout(images), arch)
+def meta_features(net: SuperNet, adapter: TaskAdapter, arch: Architecture, images: torch.Tensor,
+                  layers: int = 1) -> list[torch.Tensor]:
+    """The meta-weights' features of ``images`` (normalised as one batch) at the last ``layers``
+    layers, before any fine-tuning: what the ``prototype`` suspect score compares."""
+    return net.layer_features(adapter.in_memory_layout(images), arch)[-layers:]
 
 
 def fit(adapter: TaskAdapter, net: SuperNet, arch: Architecture, train: LabelledImages, tuning: FinetuneConfig,
@@ -411,10 +413,12 @@ def fit(adapter: TaskAdapter, net: SuperNet, arch: Architecture, train: Labelled
 
 
 @torch.no_grad()
-def suspect_scores(net: SuperNet, adapter: TaskAdapter, arch: Architecture, train: LabelledImages) -> dict[str, torch.Tensor]:
-    """The suspect scores of the train images that need no fine-tuning (``prototype``)."""
-    features = meta_features(net, adapter, arch, train.images).cpu()
-    return {"prototype": prototype_scores(features, train.labels.cpu(), train.num_classes)}
+def suspect_scores(net: SuperNet, adapter: TaskAdapter, arch: Architecture, train: LabelledImages,
+                   layers: int = 1) -> dict[str, torch.Tensor]:
+    """The suspect scores of the train images that need no fine-tuning (``prototype``, over the
+    last ``layers`` layers: ``SuspectConfig.layers``)."""
+    features = [f.cpu() for f in meta_features(net, adapter, arch, train.images, layers)]
+    return {"prototype": layered_prototype_scores(features, train.labels.cpu(), train.num_classes)}
 
 
 @torch.no_grad()
@@ -479,7 +483,7 @@ def adapt(
         arch = outcome.best
     start = time.perf_counter()
     labels = train.labels.cpu()
-    scores = suspect_scores(net, adapter, arch, train)
+    scores = suspect_scores(net, adapter, arch, train, suspects.layers)
     # a score known before fine-tuning: the suspects are dropped before the one fine-tuning
     listed = flagged(scores[suspects.score], labels, suspects.threshold).tolist() if suspects.score in scores else None
     dropped = listed is not None and suspects.drops(len(listed), len(labels))

@@ -40,6 +40,16 @@ class SuperNet(nn.Module):
             x = downsample(F.relu(slot[op](x, width, norm)))
         return x.mean(dim=(-2, -1))
 
+    def layer_features(self, x: torch.Tensor, arch: Architecture, norm: Optional[NormStatistics] = None
+                       ) -> list[torch.Tensor]:
+        """Every layer's output averaged over space, first layer first (the last one is
+        ``features``): the suspect score compares images in more than the last layer's space."""
+        out = []
+        for slot, op, width in zip(self.slots, arch.ops, arch.widths):
+            x = downsample(F.relu(slot[op](x, width, norm)))
+            out.append(x.mean(dim=(-2, -1)))
+        return out
+
     def forward(self, x: torch.Tensor, arch: Architecture, norm: Optional[NormStatistics] = None) -> torch.Tensor:
         """``norm``: record or apply BatchNorm statistics (``ops.NormStatistics``); ``None``:
         every layer normalises with the batch's own."""

@@ -25,8 +25,8 @@ from lightning_metanas.meta_config import MetaConfig
 from lightning_metanas.module import MetaNASModule
 from lightning_metanas.search_space import Architecture, SearchSpace
 from lightning_metanas.supernet import SuperNet
-from lightning_metanas.suspects import (MarginTrace, SuspectConfig, auroc, flagged, margins, precision_recall,
-                                        prototype_scores)
+from lightning_metanas.suspects import (MarginTrace, SuspectConfig, auroc, flagged, layered_prototype_scores, margins,
+                                        precision_recall, prototype_scores)
 from tests.helpers import draw, write_shapes
 from tests.test_adapt import PLAIN, TINY, adapt_cli, finish, start, toy_task
 
@@ -156,6 +156,35 @@ def test_adapt_lists_the_swapped_images_and_drops_them_on_request():
         assert auto.suspects == [7, 0] and auto.dropped is same_as.dropped
         assert all(torch.equal(a, b) for a, b in zip(auto.model.net.state_dict().values(),
                                                      same_as.model.net.state_dict().values()))
+
+
+def test_the_layered_prototype_score_averages_each_layers_score():
+    torch.manual_seed(0)
+    supernet = SuperNet(TINY, ways=3)
+    arch = Architecture(("conv3x3", "max_pool3x3"), (8, 8))
+    x = torch.randn(12, 1, 28, 28)
+    layers = supernet.layer_features(x, arch)
+    assert [tuple(f.shape) for f in layers] == [(12, 8), (12, 8)]
+    assert torch.equal(layers[-1], supernet.features(x, arch))
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+    one, two = (prototype_scores(f, labels, 3) for f in layers)
+    assert torch.equal(layered_prototype_scores(layers[-1:], labels, 3), two)
+    assert torch.allclose(layered_prototype_scores(layers, labels, 3), (one + two) / 2)
+    alone = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 2])  # class 2 has one image: never suspect
+    assert layered_prototype_scores(layers, alone, 3)[11] == float("-inf")
+    # adapt() lists by the score over SuspectConfig.layers layers
+    train, val = split_image_folder(toy_task(per_class=8), 0.25, seed=0)
+    for count in (1, 2):
+        result = adapt(supernet, MetaConfig(), train, val, PLAIN, tuning=FinetuneConfig(steps=2), arch=arch,
+                       suspects=SuspectConfig(layers=count, drop=False))
+        features = supernet.layer_features(train.images, arch)[-count:]
+        # to float rounding: adapt() runs the network in its own memory layout
+        assert torch.allclose(result.suspect_scores["prototype"],
+                              layered_prototype_scores(features, train.labels, train.num_classes), atol=1e-5)
+    for bad in (0, True, 1.5):
+        with pytest.raises(SettingsError, match=re.escape(f"--suspects.layers must be a whole number of layers, 1 or "
+                                                          f"more, got {bad!r}")):
+            SuspectConfig(layers=bad)
 
 
 def test_auto_drops_the_suspects_from_a_share_of_the_images_on():
