@@ -118,8 +118,9 @@ def report_suspects(result: AdaptResult, suspects: SuspectConfig, summary: DataS
         setting += f": {100 * suspects.auto_share:g}% of the images or more"
     dropped = (f"; adapted again without them (--drop_suspects {setting})" if result.dropped else
                f"; kept (--drop_suspects {setting}); --drop_suspects true adapts again without them" if rows else "")
+    over = f" over {suspects.layers} layers" if suspects.score == "prototype" and suspects.layers > 1 else ""
     print(f"suspects: {len(rows)} of {n_train} training images look filed under the wrong class "
-          f"(--suspects.score {suspects.score} above {suspects.threshold:g}){dropped}{listed}")
+          f"(--suspects.score {suspects.score}{over} above {suspects.threshold:g}){dropped}{listed}")
     return rows
 
 

@@ -19,7 +19,9 @@ Modes (``MODES``): ``naive`` (cross-entropy on every image, no remedy, with adap
 the fine-tuning adapt.py had before: 100 Adam steps at 0.01 on mini-batches of 32), ``sgd10`` and
 ``sgd20`` (naive with 10 or 20 steps: the comparison the 20-step default was chosen on; ``sgd20``
 equals ``naive`` since), ``default``
-(adapt.py's defaults: balanced loss, suspects dropped when they are 10% of the images or more), ``balanced`` (class-balanced loss), ``drop`` (suspects re-adapted without), ``balanced_drop``
+(adapt.py's defaults: balanced loss, suspects over two layers dropped when they are 10% of the
+images or more; cells measured as ``layers2`` are this), ``default_layers1`` (the same with the
+one-layer suspect score at 0.24, the default before; cells measured as ``default`` then), ``balanced`` (class-balanced loss), ``drop`` (suspects re-adapted without), ``balanced_drop``
 (both), ``smooth``
 and ``sce`` (robust losses). Each adaptation is ``lightning_metanas.adaptation.adapt`` (the code
 behind adapt.py); its model is saved, loaded back and classifies every held-out image alone
@@ -94,11 +96,11 @@ MODES = {
     "balanced_drop": (replace(NAIVE, balanced=True), True),  # both remedies
     "smooth": (replace(NAIVE, loss="smooth"), False),
     "sce": (replace(NAIVE, loss="sce"), False),
-    "layers2": (FinetuneConfig(), SuspectConfig().drop),  # default, suspects by MODE_SUSPECTS
+    # the default before the suspect score took two layers (measured as "default" until then)
+    "default_layers1": (FinetuneConfig(), SuspectConfig().drop),
 }
-# modes that list suspects otherwise than adapt.py's default (SuspectConfig fields), chosen on
-# validation classes by bench/robust_adapt_threshold.py (bench/robust_adapt/layers_val.json)
-MODE_SUSPECTS = {"layers2": {"layers": 2, "threshold": 0.22}}
+# modes that list suspects otherwise than adapt.py's default (SuspectConfig fields)
+MODE_SUSPECTS = {"default_layers1": {"layers": 1, "threshold": 0.24}}
 
 
 def mode_rule(mode: str) -> SuspectConfig:

@@ -24,7 +24,7 @@ from bench.adapt_omniglot import mean_ci  # noqa: E402
 from bench.common import load  # noqa: E402
 
 SETTING_ORDER = ("clean-1shot", "clean-5shot", "noise20", "noise40", "imbalance-1-2-3-5-10", "imbalance-1-1-1-1-10")
-MODE_ORDER = ("naive", "default", "layers2", "balanced", "drop", "balanced_drop", "smooth", "sce", "sgd10", "sgd20", "adam100")
+MODE_ORDER = ("naive", "default", "default_layers1", "balanced", "drop", "balanced_drop", "smooth", "sce", "sgd10", "sgd20", "adam100")
 
 
 def markers(split: str) -> tuple[str, str]:
