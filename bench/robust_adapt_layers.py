@@ -27,30 +27,35 @@ from bench.common import load  # noqa: E402
 MAX_CLEAN_COST = 0.0025
 
 
-def main() -> int:
-    auto = load(ROOT / "bench/robust_adapt/auto_val.json")
-    cells = {(e["arch"], e["setting"]): e for e in load(ROOT / "bench/robust_adapt/omniglot_val.json")
-             if e["mode"] == "default" and e["suspects"].get("layers") == 2 and e["tasks"] == 100}
-    noisy_two, noisy_one, passes = [], [], True
-    for t in auto["tasks"]:
+def decide(auto_tasks: list[dict], cells: dict[tuple[str, str], dict]) -> tuple[list[dict], bool]:
+    """Per (network, setting) the one- and two-layer accuracy and their paired difference, and
+    whether the rule passes. ``auto_tasks``: ``auto_val.json``'s per-task records; ``cells``:
+    the two-layer validation cells by (arch, setting)."""
+    rows, noisy_two, noisy_one, passes = [], [], [], True
+    for t in auto_tasks:
         if (t["arch"], t["setting"]) not in cells:
             continue
         one = [drop if listed / images >= 0.1 else keep
                for listed, images, keep, drop in zip(t["listed"], t["images"], t["acc_default"], t["acc_drop"])]
         two = cells[t["arch"], t["setting"]]["per_task"]["acc"]
         diff, ci = mean_ci([a - b for a, b in zip(two, one)])
-        print(f"{t['arch']:66s} {t['setting']:22s} one layer {100 * sum(one) / len(one):6.2f}  two layers "
-              f"{100 * sum(two) / len(two):6.2f}  difference {100 * diff:+.2f} ± {100 * ci:.2f}")
+        rows.append({"arch": t["arch"], "setting": t["setting"], "one": sum(one) / len(one),
+                     "two": sum(two) / len(two), "difference": diff, "ci95": ci})
         if "noise" in t["setting"]:
             noisy_two, noisy_one = noisy_two + two, noisy_one + one
         elif diff < -MAX_CLEAN_COST:
             passes = False
-    if not noisy_two:
-        print("no two-layer validation cells")
-        return 1
-    print(f"noisy cells: two layers {100 * sum(noisy_two) / len(noisy_two):.2f}, one layer "
-          f"{100 * sum(noisy_one) / len(noisy_one):.2f}")
-    passes = passes and sum(noisy_two) >= sum(noisy_one)
+    return rows, passes and bool(noisy_two) and sum(noisy_two) >= sum(noisy_one)
+
+
+def main() -> int:
+    auto = load(ROOT / "bench/robust_adapt/auto_val.json")
+    cells = {(e["arch"], e["setting"]): e for e in load(ROOT / "bench/robust_adapt/omniglot_val.json")
+             if e["mode"] == "default" and e["suspects"].get("layers") == 2 and e["tasks"] == 100}
+    rows, passes = decide(auto["tasks"], cells)
+    for r in rows:
+        print(f"{r['arch']:66s} {r['setting']:22s} one layer {100 * r['one']:6.2f}  two layers "
+              f"{100 * r['two']:6.2f}  difference {100 * r['difference']:+.2f} ± {100 * r['ci95']:.2f}")
     print("rule:", "the two-layer score becomes the default" if passes else "the one-layer default stays")
     return 0
 

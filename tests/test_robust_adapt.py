@@ -372,3 +372,24 @@ def test_confusion_plot_fits_long_class_names_without_a_layout_warning(tmp_path,
     path = plot_confusion(torch.eye(5, dtype=torch.long) * 3, names, tmp_path / "c.png")
     assert path.stat().st_size > 0
     assert not [w for w in recwarn if "layout" in str(w.message).lower()]
+
+
+def test_the_two_layer_rule_weighs_clean_costs_and_noisy_gains():
+    from bench.robust_adapt_layers import decide
+
+    def task(setting, listed, keep, drop):
+        return {"arch": "a", "setting": setting, "listed": listed, "images": [25] * len(listed),
+                "acc_default": keep, "acc_drop": drop}
+
+    def cells(clean, noisy):
+        return {("a", "clean-5shot"): {"per_task": {"acc": clean}}, ("a", "noise20"): {"per_task": {"acc": noisy}}}
+
+    # one layer: clean task 2 listed 3 of 25 (>= 10%), so its figure is the dropped one (0.8)
+    tasks = [task("clean-5shot", [0, 3], [0.9, 0.9], [0.9, 0.8]), task("noise20", [5, 5], [0.6, 0.6], [0.7, 0.8])]
+    rows, passes = decide(tasks, cells([0.9, 0.9], [0.8, 0.8]))
+    assert [(r["setting"], round(r["one"], 4), round(r["two"], 4)) for r in rows] == [
+        ("clean-5shot", 0.85, 0.9), ("noise20", 0.75, 0.8)]
+    assert passes
+    assert not decide(tasks, cells([0.84, 0.84], [0.8, 0.8]))[1]  # clean 1 point below: refused
+    assert not decide(tasks, cells([0.9, 0.9], [0.7, 0.7]))[1]  # noisy worse on the mean: refused
+    assert not decide(tasks, {})[1]  # nothing measured: no switch
