@@ -392,7 +392,7 @@ def held_out_accuracies(net: SuperNet, arch: Architecture, params: list[torch.Te
 
 @torch.no_grad()
 def meta_features(net: SuperNet, adapter: TaskAdapter, arch: Architecture, images: torch.Tensor,
-                  layers: int = 1) -> list[torch.Tensor]:
+                  layers: int) -> list[torch.Tensor]:
     """The meta-weights' features of ``images`` (normalised as one batch) at the last ``layers``
     layers, before any fine-tuning: what the ``prototype`` suspect score compares."""
     return net.layer_features(adapter.in_memory_layout(images), arch)[-layers:]
@@ -414,7 +414,7 @@ def fit(adapter: TaskAdapter, net: SuperNet, arch: Architecture, train: Labelled
 
 @torch.no_grad()
 def suspect_scores(net: SuperNet, adapter: TaskAdapter, arch: Architecture, train: LabelledImages,
-                   layers: int = 1) -> dict[str, torch.Tensor]:
+                   layers: int) -> dict[str, torch.Tensor]:
     """The suspect scores of the train images that need no fine-tuning (``prototype``, over the
     last ``layers`` layers: ``SuspectConfig.layers``)."""
     features = [f.cpu() for f in meta_features(net, adapter, arch, train.images, layers)]

@@ -35,20 +35,21 @@ class SuperNet(nn.Module):
         self.head_bias = nn.Parameter(torch.zeros(ways))
         nn.init.xavier_uniform_(self.head_weight)
 
-    def features(self, x: torch.Tensor, arch: Architecture, norm: Optional[NormStatistics] = None) -> torch.Tensor:
+    def _layer_maps(self, x: torch.Tensor, arch: Architecture, norm: Optional[NormStatistics]):
         for slot, op, width in zip(self.slots, arch.ops, arch.widths):
             x = downsample(F.relu(slot[op](x, width, norm)))
+            yield x
+
+    def features(self, x: torch.Tensor, arch: Architecture, norm: Optional[NormStatistics] = None) -> torch.Tensor:
+        for x in self._layer_maps(x, arch, norm):
+            pass
         return x.mean(dim=(-2, -1))
 
     def layer_features(self, x: torch.Tensor, arch: Architecture, norm: Optional[NormStatistics] = None
                        ) -> list[torch.Tensor]:
         """Every layer's output averaged over space, first layer first (the last one is
         ``features``): the suspect score compares images in more than the last layer's space."""
-        out = []
-        for slot, op, width in zip(self.slots, arch.ops, arch.widths):
-            x = downsample(F.relu(slot[op](x, width, norm)))
-            out.append(x.mean(dim=(-2, -1)))
-        return out
+        return [m.mean(dim=(-2, -1)) for m in self._layer_maps(x, arch, norm)]
 
     def forward(self, x: torch.Tensor, arch: Architecture, norm: Optional[NormStatistics] = None) -> torch.Tensor:
         """``norm``: record or apply BatchNorm statistics (``ops.NormStatistics``); ``None``:
