@@ -15,7 +15,9 @@ the arms differ only in what they train:
   validation over the whole space within that budget, trained alone;
 * ``<arm>_support`` (e.g. ``conv4_support``): the arm meta-trained and meta-tested with each
   query image normalised by the adapted support images' statistics (``--model.meta.norm=support``),
-  the way a deployed model classifies one image at a time.
+  the way a deployed model classifies one image at a time;
+* ``<arm>_tasknorm`` (e.g. ``conv4_tasknorm``): as ``_support``, with TaskNorm-I layers
+  (``--model.meta.norm_layer=task_norm_i``: the support statistics blended with each image's own).
 
 Each run records its architecture's parameters, multiply-accumulates and one-image latency
 (its ratio to Conv-4 timed beside it, ``latency.latency_ms``; measured when the run ends, so
@@ -68,6 +70,9 @@ def arm_command(setting: str, arm: str, runs: Optional[Path] = None) -> list[str
         return config + ["--model.train_arch=largest"]
     if arm == "search":
         return config + ["--config", "configs/results/search.yaml", *SEARCH_FLAGS[setting]]
+    if arm.endswith("_tasknorm"):  # support-set statistics blended with each image's own (TaskNorm-I)
+        return arm_command(setting, arm.removesuffix("_tasknorm"), runs) + [
+            "--model.meta.norm=support", "--model.meta.norm_layer=task_norm_i"]
     if arm.endswith("_support"):  # the same arm meta-trained and evaluated with support-set statistics
         return arm_command(setting, arm.removesuffix("_support"), runs) + ["--model.meta.norm=support"]
     kind = next((k for k in ("search_", "zero_cost_") if arm.startswith(k)), "")

@@ -10,6 +10,8 @@ MetaGradient = Literal["first_order", "second_order", "finite_difference"]
 META_GRADIENTS: tuple[str, ...] = ("first_order", "second_order", "finite_difference")
 Norm = Literal["transductive", "support"]
 NORMS: tuple[str, ...] = ("transductive", "support")
+NormLayer = Literal["batch", "task_norm_i"]
+NORM_LAYERS: tuple[str, ...] = ("batch", "task_norm_i")
 
 
 @dataclass
@@ -41,6 +43,13 @@ class MetaConfig:
             depends on the rest of the batch) or ``support`` (the adapted task's support
             images', so each query image is classified alone, as a deployed model is; the
             support passes of the inner loop are the same in both).
+        norm_layer: how a layer normalises with those statistics: ``batch`` (BatchNorm: with
+            them alone) or ``task_norm_i`` (TaskNorm-I, Bronskill et al. 2020: blended with
+            each image's own statistics, the blend learned per layer, in every pass including
+            the inner loop's; ``ops.blend_normalize``). Meant with ``norm=support``, where the
+            five support images of a 5-way 1-shot task make noisy statistics. A
+            ``task_norm_i`` network is measured by meta-test but not yet saved by ``adapt.py``
+            or exported (``standalone.py`` refuses it with a message).
     """
 
     inner_lr: float = 0.4
@@ -54,6 +63,7 @@ class MetaConfig:
     channels_last: Optional[bool] = None
     workers: Optional[int] = None
     norm: Norm = "transductive"
+    norm_layer: NormLayer = "batch"
 
     def __post_init__(self) -> None:
         for name in ("inner_lr", "meta_lr", "fd_epsilon"):
@@ -72,3 +82,5 @@ class MetaConfig:
             )
         if self.norm not in NORMS:
             raise SettingsError(f"model.meta.norm must be one of {list(NORMS)}, got {self.norm!r}")
+        if self.norm_layer not in NORM_LAYERS:
+            raise SettingsError(f"model.meta.norm_layer must be one of {list(NORM_LAYERS)}, got {self.norm_layer!r}")

@@ -12,6 +12,13 @@ cannot be normalised at all; a deployed classifier sees one image at a time. ``N
 therefore lets a forward pass *record* each layer's statistics (of a task's support images)
 and a later pass *apply* them, so that every image is normalised by the same numbers whatever
 else is in its batch (inductive inference).
+
+With so few support images (five at 5-way 1-shot) their statistics are noisy, and a network
+meta-trained on a batch's statistics loses accuracy when it meets them. TaskNorm-I (Bronskill
+et al. 2020) blends them with each image's own (instance) statistics, ``alpha`` of the task's
+and ``1 - alpha`` of the image's, ``alpha = sigmoid(a * n + b)`` learned per layer from the
+number ``n`` of images the task's statistics came from. An op built with ``task_norm=True``
+does this in every pass (``blend_normalize``): its parameters ``norm_blend = (a, b)``.
 """
 from __future__ import annotations
 
@@ -41,11 +48,12 @@ class NormStatistics:
     def __init__(self) -> None:
         self.means: list[torch.Tensor] = []
         self.variances: list[torch.Tensor] = []
+        self.counts: list[int] = []  # images each pair was taken over (TaskNorm-I's ``n``)
         self.recording = True
         self._layer = 0
 
     def record(self) -> "NormStatistics":
-        self.means, self.variances, self.recording = [], [], True
+        self.means, self.variances, self.counts, self.recording = [], [], [], True
         return self
 
     def apply(self) -> "NormStatistics":
@@ -54,19 +62,48 @@ class NormStatistics:
         self.recording, self._layer = False, 0
         return self
 
-    def normalize(self, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def moments(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """This layer's task statistics ``(mean, variance, n)``: ``y``'s own batch's (and kept)
+        when recording, else the next recorded ones."""
         if self.recording:
             var, mean = torch.var_mean(y, dim=(0, 2, 3), correction=0)
             self.means.append(mean)
             self.variances.append(var)
-            return F.batch_norm(y, None, None, weight, bias, training=True, eps=BN_EPS)
+            self.counts.append(y.shape[0])
+            return mean, var, y.shape[0]
         i, self._layer = self._layer, self._layer + 1
         if i >= len(self.means):
             raise RuntimeError(f"NormStatistics holds {len(self.means)} layers; the pass has more")
+        return self.means[i], self.variances[i], self.counts[i]
+
+    def normalize(self, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        mean, var, _ = self.moments(y)
+        if self.recording:
+            return F.batch_norm(y, None, None, weight, bias, training=True, eps=BN_EPS)
         # by hand: F.batch_norm refuses running statistics that carry a graph
-        scale = weight * torch.rsqrt(self.variances[i] + BN_EPS)
-        shift = bias - self.means[i] * scale
+        scale = weight * torch.rsqrt(var + BN_EPS)
+        shift = bias - mean * scale
         return y * scale[:, None, None] + shift[:, None, None]
+
+
+def blend_weight(blend: torch.Tensor, n: int) -> torch.Tensor:
+    """TaskNorm-I's ``alpha = sigmoid(a * n + b)``: how much of the task's statistics (taken
+    over ``n`` images) an image is normalised with, the rest being its own."""
+    return torch.sigmoid(blend[0] * n + blend[1])
+
+
+def blend_normalize(y: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, alpha: torch.Tensor,
+                    weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """TaskNorm-I: each image of ``y`` normalised with the mixture of the task's moments
+    (``mean``, ``var`` per channel) and its own over space, ``alpha`` of the task's (the moments
+    of the two-component mixture, as Bronskill et al. pool them). An image's output depends on
+    the task's statistics and itself only, never on the rest of its batch. Biased variances
+    throughout: a one-pixel map has instance variance 0, not NaN."""
+    var_i, mean_i = torch.var_mean(y, dim=(2, 3), keepdim=True, correction=0)
+    mean_t, var_t = mean[:, None, None], var[:, None, None]
+    pooled = alpha * mean_t + (1 - alpha) * mean_i
+    pooled_var = alpha * (var_t + (mean_t - pooled) ** 2) + (1 - alpha) * (var_i + (mean_i - pooled) ** 2)
+    return (y - pooled) * (weight[:, None, None] * torch.rsqrt(pooled_var + BN_EPS)) + bias[:, None, None]
 
 
 class SharedOp(nn.Module):
@@ -79,12 +116,26 @@ class SharedOp(nn.Module):
         self.max_in, self.max_out = max_in, max_out
         self.bn_weight = nn.Parameter(torch.ones(max_out))
         self.bn_bias = nn.Parameter(torch.zeros(max_out))
+        self.norm_blend: Optional[nn.Parameter] = None  # TaskNorm-I's (a, b), see use_task_norm
+
+    def use_task_norm(self) -> None:
+        """Normalise as TaskNorm-I from now on: ``(a, b) = (0, 0)``, i.e. half the task's
+        statistics and half the image's, as Bronskill et al. initialise it."""
+        self.norm_blend = nn.Parameter(torch.zeros(2, device=self.bn_weight.device))
 
     def transform(self, x: torch.Tensor, c_out: int) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, c_out: int, norm: Optional[NormStatistics] = None) -> torch.Tensor:
         y = self.transform(x, c_out)
+        if self.norm_blend is not None:
+            if norm is None:
+                var, mean = torch.var_mean(y, dim=(0, 2, 3), correction=0)
+                n = y.shape[0]
+            else:
+                mean, var, n = norm.moments(y)
+            alpha = blend_weight(self.norm_blend, n)
+            return blend_normalize(y, mean, var, alpha, self.bn_weight[:c_out], self.bn_bias[:c_out])
         if norm is not None:
             return norm.normalize(y, self.bn_weight[:c_out], self.bn_bias[:c_out])
         return F.batch_norm(

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lightning_metanas.errors import SettingsError
 from lightning_metanas.ops import BN_EPS, NormStatistics, pooled_size
 from lightning_metanas.search_space import Architecture
 from lightning_metanas.supernet import SuperNet
@@ -61,6 +62,12 @@ class StandaloneNet(nn.Module):
         own parameters, or ``params`` in the order of ``supernet.parameters_of(arch)`` (adapted
         weights); BatchNorm statistics from ``stats`` (recorded on support images), else
         mean 0 and variance 1 until ``set_statistics`` is called."""
+        if supernet.task_norm:
+            raise SettingsError(
+                "this network was meta-trained with model.meta.norm_layer=task_norm_i, which normalises each "
+                "image partly by its own statistics; saving and exporting it as a plain network is not built "
+                "yet: meta-train with model.meta.norm_layer=batch (the default) to save, predict and export"
+            )
         net = cls(arch, supernet.in_channels, image_size, supernet.ways)
         named = supernet.parameters_of(arch)
         tensors = dict(zip((n for n, _ in named), params if params is not None else (p for _, p in named)))

@@ -22,15 +22,20 @@ class SuperNet(nn.Module):
     which is why learn2learn's MAML must be built with ``allow_unused=True``.
     """
 
-    def __init__(self, space: SearchSpace, ways: int, in_channels: int = 1) -> None:
+    def __init__(self, space: SearchSpace, ways: int, in_channels: int = 1, task_norm: bool = False) -> None:
+        """``task_norm``: every op normalises as TaskNorm-I (``ops.blend_normalize``), with two
+        more parameters per op."""
         super().__init__()
-        self.space, self.ways, self.in_channels = space, ways, in_channels
+        self.space, self.ways, self.in_channels, self.task_norm = space, ways, in_channels, task_norm
         self.slots = nn.ModuleList()
         for i in range(space.max_depth):
             max_in = in_channels if i == 0 else space.max_width
             self.slots.append(
                 nn.ModuleDict({op: OPERATIONS[op](max_in, space.max_width) for op in space.ops})
             )
+            if task_norm:
+                for op in self.slots[-1].values():
+                    op.use_task_norm()
         self.head_weight = nn.Parameter(torch.empty(ways, space.max_width))
         self.head_bias = nn.Parameter(torch.zeros(ways))
         nn.init.xavier_uniform_(self.head_weight)
@@ -73,6 +78,8 @@ class SuperNet(nn.Module):
         for name, p in self.slots[i][op].named_parameters():
             if name.startswith("bn_"):
                 count += width
+            elif name == "norm_blend":
+                count += p.numel()
             elif name == "depthwise":
                 count += c_in * p.shape[2] * p.shape[3]
             elif name == "projection" and c_in == width:
