@@ -10,6 +10,7 @@ architectures' parameters beside Conv-4's, and the published figures, marked as 
 """
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import sys
@@ -102,11 +103,13 @@ def norm_table(entries: list[dict]) -> str:
     statistics) bring one-image accuracy within reach of today's transductive figure? Per setting
     and arm: the arm as trained today (batch statistics, MAML's protocol; and one image at a time
     where its run recorded it), the same arm trained and tested with support statistics (one
-    image at a time), and that run's batch-statistics figure of the same adapted weights."""
+    image at a time), and that run's batch-statistics figure of the same adapted weights. Arms
+    ``<arm>_tasknorm`` (TaskNorm-I layers: support statistics blended with each image's own) get
+    their own rows, named so."""
     rows = []
     for setting, (label, _, _) in SETTINGS.items():
-        for arm in ("conv4", "search"):
-            support = {e["seed"]: e for e in entries if e["setting"] == setting and e["arm"] == f"{arm}_support"}
+        for arm, suffix in itertools.product(("conv4", "search"), ("support", "tasknorm")):
+            support = {e["seed"]: e for e in entries if e["setting"] == setting and e["arm"] == f"{arm}_{suffix}"}
             if not support:
                 continue
             today = {e["seed"]: e["acc"] for e in entries if e["setting"] == setting and e["arm"] == arm}
@@ -118,7 +121,8 @@ def norm_table(entries: list[dict]) -> str:
             paired = [support[s]["acc"] - today[s] for s in seeds if s in today]
             per_seed = ", ".join(f"{s}: {100 * support[s]['acc']:.2f} ± {100 * support[s]['ci95']:.2f}"
                                  + (f" / {100 * today[s]:.2f}" if s in today else "") for s in seeds)
-            rows.append(f"| {label} | {ARMS[arm]} | {', '.join(map(str, seeds))} | "
+            name = ARMS[arm] + (", TaskNorm-I" if suffix == "tasknorm" else "")
+            rows.append(f"| {label} | {name} | {', '.join(map(str, seeds))} | "
                         f"{spread(list(today.values())) if today else '—'} | {spread(today_one) if today_one else '—'} | "
                         f"{spread(one)} | "
                         f"{spread(batch) if batch else '—'} | "
@@ -127,7 +131,8 @@ def norm_table(entries: list[dict]) -> str:
         return ""
     return "\n".join([
         "| setting | arm | seeds (support) | trained as today: batch statistics (today's figure) | "
-        "trained as today: one image at a time | trained with support statistics: **one image at a time** | "
+        "trained as today: one image at a time | trained with support statistics (BatchNorm, or TaskNorm-I where "
+        "named): **one image at a time** | "
         "same weights, batch statistics | one image − today's figure (same seeds) | "
         "per seed: one image ± 95% / today's |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows])

@@ -190,6 +190,12 @@ def test_results_table_sets_support_trained_one_image_accuracy_against_todays_ba
     # today's 91.00 (batch statistics) against the support-trained runs one image at a time, paired by seed
     assert "| 0, 1 | **91.00** ± 1.41 | **85.00** (1 seed) | **88.50** ± 2.12 | **90.50** ± 1.41 | -2.50 |" in row
     assert "0: 87.00 ± 1.00 / 90.00, 1: 90.00 ± 1.00 / 92.00 |" in row
+    path.write_text(json.dumps([entry("conv4", 0, 0.90), entry("conv4_support", 0, 0.87, acc_transductive=0.9),
+                                entry("conv4_tasknorm", 0, 0.895, acc_transductive=0.91)]))
+    assert results_table.main(["--norm", str(path)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 5-way 1-shot | Conv-4")]
+    assert rows[0].startswith("| 5-way 1-shot | Conv-4 | 0 |") and "| -3.00 |" in rows[0]
+    assert rows[1].startswith("| 5-way 1-shot | Conv-4, TaskNorm-I | 0 |") and "| -0.50 |" in rows[1]
 
 
 def test_results_table_lists_every_arm_with_its_costs():
