@@ -50,6 +50,9 @@ def main(argv: list[str]) -> int:
         return 0
     if arms:
         print(arms_table(entries, latency_ratios(entries)) or "no runs recorded")
+        pairs = budget_pairs_table(entries)
+        if pairs:
+            print("\n" + pairs)
         return 0
     print("| setting | seeds | searched: mean ± sd over seeds | Conv-4: mean ± sd over seeds | searched − Conv-4 | "
           "per seed, searched / Conv-4 (± 95% interval) | MAML (**published**) | T-NAS++ (**published**) |")
@@ -186,6 +189,36 @@ def arms_table(entries: list[dict], latency: dict) -> str:
         "| setting | arm | seeds | test accuracy, batch statistics: mean ± sd over seeds | one image at a time | "
         "parameters (median over seeds) | MFLOPs | latency vs Conv-4 (one image, one thread) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |", *rows])
+
+
+# two-sided 95% quantiles of Student's t by degrees of freedom (n pairs - 1), for the paired
+# interval below; beyond the table, the normal's 1.96 would flatter, so the last entry is used
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def budget_pairs_table(entries: list[dict]) -> str:
+    """Part 5's budget rows as the claim they support: per budget, the searched pick minus the
+    zero-cost pick at the same seed (the seed sets both runs' training and the search), their
+    mean with a 95% t-interval over the seed pairs, and how many pairs the search wins. A
+    lead is established only where the interval excludes 0."""
+    rows = []
+    for budget, label in (("flops3M", "3 MFLOPs"), ("params40k", "40k parameters")):
+        searched = {e["seed"]: e["acc"] for e in entries if e["setting"] == "5w1s" and e["arm"] == f"search_{budget}"}
+        rule = {e["seed"]: e["acc"] for e in entries if e["setting"] == "5w1s" and e["arm"] == f"zero_cost_{budget}"}
+        seeds = sorted(set(searched) & set(rule))
+        if len(seeds) < 2:
+            continue
+        diffs = [100 * (searched[s] - rule[s]) for s in seeds]
+        mean, half = statistics.fmean(diffs), T95[min(len(diffs) - 1, 10)] * statistics.stdev(diffs) / len(diffs) ** 0.5
+        rows.append(f"| 5-way 1-shot, within {label} | {', '.join(map(str, seeds))} | "
+                    f"{', '.join(f'{d:+.2f}' for d in diffs)} | **{mean:+.2f}** | {mean - half:+.1f} to {mean + half:+.1f} | "
+                    f"{sum(d > 0 for d in diffs)} of {len(diffs)} |")
+    if not rows:
+        return ""
+    return "\n".join([
+        "| budget | seed pairs | searched − best zero-cost pick, per seed (points) | mean | 95% t-interval over pairs | "
+        "pairs the search wins |",
+        "| --- | --- | --- | --- | --- | --- |", *rows])
 
 
 if __name__ == "__main__":

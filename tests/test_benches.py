@@ -220,6 +220,20 @@ def test_results_table_lists_every_arm_with_its_costs():
     assert results_table.arms_table([], {}) == ""
 
 
+def test_budget_pairs_carry_a_paired_t_interval():
+    from bench import results_table
+
+    def entry(arm, seed, acc):
+        return {"setting": "5w1s", "arm": arm, "seed": seed, "acc": acc}
+
+    runs = [entry("search_flops3M", s, a) for s, a in enumerate((0.92, 0.93, 0.90))]
+    runs += [entry("zero_cost_flops3M", s, a) for s, a in enumerate((0.90, 0.90, 0.90))]
+    row = results_table.budget_pairs_table(runs + [entry("search_params40k", 0, 0.9)]).splitlines()[-1]
+    # differences +2, +3, 0: mean 5/3, sd 1.528, t(2) 4.303 -> half width 3.795
+    assert row == "| 5-way 1-shot, within 3 MFLOPs | 0, 1, 2 | +2.00, +3.00, +0.00 | **+1.67** | -2.1 to +5.5 | 2 of 3 |"
+    assert results_table.budget_pairs_table(runs[:1] + runs[3:4]) == ""  # one pair: no interval
+
+
 def test_budget_table_sets_search_against_random_search_zero_cost_largest_and_oracle(tmp_path, capsys):
     from bench import budget_table
 
