@@ -67,14 +67,18 @@ class NormStatistics:
         when recording, else the next recorded ones."""
         if self.recording:
             var, mean = torch.var_mean(y, dim=(0, 2, 3), correction=0)
-            self.means.append(mean)
-            self.variances.append(var)
-            self.counts.append(y.shape[0])
+            self.keep(mean, var, y.shape[0])
             return mean, var, y.shape[0]
         i, self._layer = self._layer, self._layer + 1
         if i >= len(self.means):
             raise RuntimeError(f"NormStatistics holds {len(self.means)} layers; the pass has more")
         return self.means[i], self.variances[i], self.counts[i]
+
+    def keep(self, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
+        """Record one layer's task statistics, taken over ``n`` images."""
+        self.means.append(mean)
+        self.variances.append(var)
+        self.counts.append(n)
 
     def normalize(self, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         mean, var, _ = self.moments(y)
@@ -93,17 +97,37 @@ def blend_weight(blend: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def blend_normalize(y: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, alpha: torch.Tensor,
-                    weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+                    weight: torch.Tensor, bias: torch.Tensor,
+                    instance: Optional[tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
     """TaskNorm-I: each image of ``y`` normalised with the mixture of the task's moments
     (``mean``, ``var`` per channel) and its own over space, ``alpha`` of the task's (the moments
     of the two-component mixture, as Bronskill et al. pool them). An image's output depends on
     the task's statistics and itself only, never on the rest of its batch. Biased variances
-    throughout: a one-pixel map has instance variance 0, not NaN."""
-    var_i, mean_i = torch.var_mean(y, dim=(2, 3), keepdim=True, correction=0)
+    throughout: a one-pixel map has instance variance 0, not NaN. ``instance``: ``y``'s
+    ``(variance, mean)`` over space, keepdim, if already computed."""
+    var_i, mean_i = instance if instance is not None else instance_moments(y)
     mean_t, var_t = mean[:, None, None], var[:, None, None]
     pooled = alpha * mean_t + (1 - alpha) * mean_i
     pooled_var = alpha * (var_t + (mean_t - pooled) ** 2) + (1 - alpha) * (var_i + (mean_i - pooled) ** 2)
-    return (y - pooled) * (weight[:, None, None] * torch.rsqrt(pooled_var + BN_EPS)) + bias[:, None, None]
+    scale = weight[:, None, None] * torch.rsqrt(pooled_var + BN_EPS)  # per image and channel: cheap
+    return torch.addcmul(bias[:, None, None] - pooled * scale, y, scale)  # one pass over the maps
+
+
+def instance_moments(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's per-channel (biased) ``(variance, mean)`` over space, keepdim, as
+    ``E[y^2] - E[y]^2``: on channels-last maps ``torch.var_mean`` over (H, W) ran ~6x slower than
+    the two means (38 vs 6 ms on 75 x 64 x 28 x 28, one thread), and this sits in every pass."""
+    mean = y.mean(dim=(2, 3), keepdim=True)
+    return (y.square().mean(dim=(2, 3), keepdim=True) - mean.square()).clamp_min(0), mean
+
+
+def batch_moments(instance: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's per-channel (biased) ``(mean, variance)`` from its images' ``(variance, mean)``
+    over space (equal-sized images): the law of total variance, with no second pass over the maps."""
+    var_i, mean_i = instance
+    mean = mean_i.mean(dim=0)
+    var = (var_i + mean_i.square()).mean(dim=0) - mean.square()
+    return mean.reshape(-1), var.clamp_min(0).reshape(-1)
 
 
 class SharedOp(nn.Module):
@@ -129,13 +153,15 @@ class SharedOp(nn.Module):
     def forward(self, x: torch.Tensor, c_out: int, norm: Optional[NormStatistics] = None) -> torch.Tensor:
         y = self.transform(x, c_out)
         if self.norm_blend is not None:
-            if norm is None:
-                var, mean = torch.var_mean(y, dim=(0, 2, 3), correction=0)
-                n = y.shape[0]
+            instance = instance_moments(y)
+            if norm is None or norm.recording:
+                (mean, var), n = batch_moments(instance), y.shape[0]
+                if norm is not None:
+                    norm.keep(mean, var, n)
             else:
                 mean, var, n = norm.moments(y)
             alpha = blend_weight(self.norm_blend, n)
-            return blend_normalize(y, mean, var, alpha, self.bn_weight[:c_out], self.bn_bias[:c_out])
+            return blend_normalize(y, mean, var, alpha, self.bn_weight[:c_out], self.bn_bias[:c_out], instance)
         if norm is not None:
             return norm.normalize(y, self.bn_weight[:c_out], self.bn_bias[:c_out])
         return F.batch_norm(
