@@ -47,9 +47,8 @@ class MetaConfig:
             them alone) or ``task_norm_i`` (TaskNorm-I, Bronskill et al. 2020: blended with
             each image's own statistics, the blend learned per layer, in every pass including
             the inner loop's; ``ops.blend_normalize``). Meant with ``norm=support``, where the
-            five support images of a 5-way 1-shot task make noisy statistics. A
-            ``task_norm_i`` network is measured by meta-test but not yet saved by ``adapt.py``
-            or exported (``standalone.py`` refuses it with a message).
+            five support images of a 5-way 1-shot task make noisy statistics. Saved, predicted
+            and exported like a BatchNorm network (``standalone.StandaloneTaskNorm``).
     """
 
     inner_lr: float = 0.4

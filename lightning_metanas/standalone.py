@@ -16,19 +16,40 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_metanas.errors import SettingsError
-from lightning_metanas.ops import BN_EPS, NormStatistics, pooled_size
+from lightning_metanas.ops import BN_EPS, NormStatistics, batch_moments, blend_normalize, instance_moments, pooled_size
 from lightning_metanas.search_space import Architecture
 from lightning_metanas.supernet import SuperNet
 
 
-class StandaloneLayer(nn.Module):
-    """``op -> BatchNorm -> ReLU [-> 2x2 max pool]``, as one layer of ``SuperNet.features``."""
+class StandaloneTaskNorm(nn.BatchNorm2d):
+    """TaskNorm-I with its task statistics fixed: ``running_mean`` / ``running_var`` (recorded
+    on the adapted task's support images, ``count`` of them) blended with each image's own,
+    ``alpha = sigmoid(blend[0] * count + blend[1])``, as ``ops.blend_normalize`` does in the
+    SuperNet. Without running statistics (``export.batch_statistics``) the batch is the task."""
 
-    def __init__(self, op: str, c_in: int, c_out: int, pool: bool) -> None:
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, eps=BN_EPS)
+        self.register_buffer("blend", torch.zeros(2))
+        self.register_buffer("count", torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        instance = instance_moments(x)
+        if self.running_mean is None:
+            (mean, var), n = batch_moments(instance), x.shape[0]
+        else:
+            mean, var, n = self.running_mean, self.running_var, self.count
+        alpha = torch.sigmoid(self.blend[0] * n + self.blend[1])
+        return blend_normalize(x, mean, var, alpha, self.weight, self.bias, instance)
+
+
+class StandaloneLayer(nn.Module):
+    """``op -> BatchNorm (or TaskNorm-I) -> ReLU [-> 2x2 max pool]``, as one layer of
+    ``SuperNet.features``."""
+
+    def __init__(self, op: str, c_in: int, c_out: int, pool: bool, task_norm: bool = False) -> None:
         super().__init__()
         self.transform = _transform(op, c_in, c_out)
-        self.norm = nn.BatchNorm2d(c_out, eps=BN_EPS)
+        self.norm = StandaloneTaskNorm(c_out) if task_norm else nn.BatchNorm2d(c_out, eps=BN_EPS)
         self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -37,14 +58,16 @@ class StandaloneLayer(nn.Module):
 
 class StandaloneNet(nn.Module):
     """``arch`` for ``in_channels`` x ``image_size`` x ``image_size`` images and ``ways``
-    classes. Built with fresh weights; ``from_supernet`` copies a SuperNet's (or adapted) ones."""
+    classes. Built with fresh weights; ``from_supernet`` copies a SuperNet's (or adapted) ones.
+    ``task_norm``: TaskNorm-I layers (``StandaloneTaskNorm``) where a plain one has BatchNorm."""
 
-    def __init__(self, arch: Architecture, in_channels: int, image_size: int, ways: int) -> None:
+    def __init__(self, arch: Architecture, in_channels: int, image_size: int, ways: int, task_norm: bool = False) -> None:
         super().__init__()
         self.arch, self.in_channels, self.image_size, self.ways = arch, in_channels, image_size, ways
+        self.task_norm = task_norm
         layers, c_in, size = [], in_channels, image_size
         for op, width in zip(arch.ops, arch.widths):
-            layers.append(StandaloneLayer(op, c_in, width, pool=size >= 2))
+            layers.append(StandaloneLayer(op, c_in, width, pool=size >= 2, task_norm=task_norm))
             c_in, size = width, pooled_size(size)
         self.layers = nn.Sequential(*layers)
         self.head = nn.Linear(c_in, ways)
@@ -62,13 +85,7 @@ class StandaloneNet(nn.Module):
         own parameters, or ``params`` in the order of ``supernet.parameters_of(arch)`` (adapted
         weights); BatchNorm statistics from ``stats`` (recorded on support images), else
         mean 0 and variance 1 until ``set_statistics`` is called."""
-        if supernet.task_norm:
-            raise SettingsError(
-                "this network was meta-trained with model.meta.norm_layer=task_norm_i, which normalises each "
-                "image partly by its own statistics; saving and exporting it as a plain network is not built "
-                "yet: meta-train with model.meta.norm_layer=batch (the default) to save, predict and export"
-            )
-        net = cls(arch, supernet.in_channels, image_size, supernet.ways)
+        net = cls(arch, supernet.in_channels, image_size, supernet.ways, task_norm=supernet.task_norm)
         named = supernet.parameters_of(arch)
         tensors = dict(zip((n for n, _ in named), params if params is not None else (p for _, p in named)))
         c_in = supernet.in_channels
@@ -78,6 +95,8 @@ class StandaloneNet(nn.Module):
                 _copy_transform(layer.transform, op, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, c_in, width)
                 layer.norm.weight.copy_(tensors[prefix + "bn_weight"][:width])
                 layer.norm.bias.copy_(tensors[prefix + "bn_bias"][:width])
+                if net.task_norm:
+                    layer.norm.blend.copy_(tensors[prefix + "norm_blend"])
                 c_in = width
             net.head.weight.copy_(tensors["head_weight"][:, :c_in])
             net.head.bias.copy_(tensors["head_bias"])
@@ -90,9 +109,11 @@ class StandaloneNet(nn.Module):
         if len(stats.means) != len(self.layers):
             raise ValueError(f"statistics of {len(stats.means)} layers for a network of {len(self.layers)}")
         with torch.no_grad():
-            for layer, mean, var in zip(self.layers, stats.means, stats.variances):
+            for layer, mean, var, n in zip(self.layers, stats.means, stats.variances, stats.counts):
                 layer.norm.running_mean.copy_(mean.detach().reshape(-1))
                 layer.norm.running_var.copy_(var.detach().reshape(-1))
+                if self.task_norm:
+                    layer.norm.count.fill_(n)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -29,20 +29,39 @@ ARCH = Architecture(("conv3x3", "max_pool3x3", "sep_conv3x3"), (16, 8, 16))
 PRE = Preprocessing(image_size=28, channels=1, invert=False, mean=[0.1], std=[0.3])
 
 
-@pytest.fixture(scope="module")
-def adapted(tmp_path_factory):
-    """A model adapted to four drawn shapes from a seeded SuperNet, and its held-out images."""
+def _adapted(tmp_path_factory, task_norm):
     root = tmp_path_factory.mktemp("task")
     folder = write_shapes(root / "shapes", per_class=6)
     torch.manual_seed(0)
-    supernet = SuperNet(SPACE, ways=4)
+    supernet = SuperNet(SPACE, ways=4, task_norm=task_norm)
+    with torch.no_grad():  # a blend other than one half, so a file that lost it would show
+        for name, p in supernet.named_parameters():
+            if name.endswith("norm_blend"):
+                p.copy_(torch.tensor([0.2, -0.4]))
     images = load_image_folder(folder, image_size=28, channels=1, mean=PRE.mean, std=PRE.std)
     train, val = split_image_folder(images, 0.25, seed=0)
     result = adapt(supernet, MetaConfig(), train, val, PRE, tuning=FinetuneConfig(steps=30), arch=ARCH)
     return result, val, folder
 
 
-def test_one_image_alone_and_inside_a_mixed_batch_give_the_same_logits(adapted):
+@pytest.fixture(scope="module")
+def adapted(tmp_path_factory):
+    """A model adapted to four drawn shapes from a seeded SuperNet, and its held-out images."""
+    return _adapted(tmp_path_factory, task_norm=False)
+
+
+@pytest.fixture(scope="module")
+def adapted_task_norm(tmp_path_factory):
+    """The same from a SuperNet with TaskNorm-I layers (``model.meta.norm_layer=task_norm_i``)."""
+    return _adapted(tmp_path_factory, task_norm=True)
+
+
+BOTH = pytest.mark.parametrize("which", ["adapted", "adapted_task_norm"])
+
+
+@BOTH
+def test_one_image_alone_and_inside_a_mixed_batch_give_the_same_logits(which, request):
+    adapted = request.getfixturevalue(which)
     result, val, _ = adapted
     batch = result.model.logits(val.images, batch_size=64)
     alone = torch.cat([result.model.logits(val.images[i : i + 1]) for i in range(len(val.labels))])
@@ -51,7 +70,9 @@ def test_one_image_alone_and_inside_a_mixed_batch_give_the_same_logits(adapted):
     assert len(set(val.labels.tolist())) == 4  # the batch mixes every class
 
 
-def test_saved_model_loads_in_a_fresh_process_with_the_same_logits(adapted, tmp_path):
+@BOTH
+def test_saved_model_loads_in_a_fresh_process_with_the_same_logits(which, request, tmp_path):
+    adapted = request.getfixturevalue(which)
     result, val, _ = adapted
     path = result.model.save(tmp_path / "model.pt")
     torch.save(val.images, tmp_path / "images.pt")
@@ -68,10 +89,13 @@ def test_saved_model_loads_in_a_fresh_process_with_the_same_logits(adapted, tmp_
     again = AdaptedModel.load(path)
     assert again.class_names == result.model.class_names == ["disc", "frame", "hbars", "vbars"]
     assert again.preprocessing == PRE and again.arch == ARCH
+    assert again.net.task_norm == (which == "adapted_task_norm")
 
 
+@BOTH
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
-def test_exports_equal_the_plain_module_on_a_batch_and_on_one_image(adapted, tmp_path, fmt):
+def test_exports_equal_the_plain_module_on_a_batch_and_on_one_image(which, request, tmp_path, fmt):
+    adapted = request.getfixturevalue(which)
     result, val, _ = adapted
     net = result.model.net
     path = export(net, tmp_path / f"model.{fmt}", fmt)

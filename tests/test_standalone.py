@@ -16,12 +16,12 @@ from lightning_metanas.supernet import SuperNet
 SPACE = SearchSpace(widths=(8, 16), depths=(2, 3, 4))
 
 
-def _net(seed=0, channels=1):
+def _net(seed=0, channels=1, task_norm=False):
     torch.manual_seed(seed)
-    net = SuperNet(SPACE, ways=4, in_channels=channels)
-    with torch.no_grad():  # BatchNorm affine parameters away from 1 and 0, so they matter
+    net = SuperNet(SPACE, ways=4, in_channels=channels, task_norm=task_norm)
+    with torch.no_grad():  # BatchNorm affine parameters (and TaskNorm-I's blend) away from 1 and 0, so they matter
         for name, p in net.named_parameters():
-            if name.endswith(("bn_weight", "bn_bias")):
+            if name.endswith(("bn_weight", "bn_bias", "norm_blend")):
                 p.add_(0.3 * torch.randn_like(p))
     return net
 
@@ -56,9 +56,9 @@ def test_support_normalised_prediction_of_an_image_is_the_same_alone_and_in_any_
     assert not torch.allclose(transductive, batch, atol=1e-3)  # the batch's own statistics differ
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-def test_standalone_network_equals_the_subnet_with_support_statistics(channels):
-    net = _net(channels=channels)
+@pytest.mark.parametrize("channels, task_norm", [(1, False), (3, False), (1, True), (3, True)])
+def test_standalone_network_equals_the_subnet_with_support_statistics(channels, task_norm):
+    net = _net(channels=channels, task_norm=task_norm)
     support, queries = torch.randn(5, channels, 14, 14), torch.randn(7, channels, 14, 14)
     for arch in _archs():
         names, params = UsedParameters(net)(arch)
@@ -69,7 +69,8 @@ def test_standalone_network_equals_the_subnet_with_support_statistics(channels):
             expected = subnet_function(net, arch, names)(adapted, queries, support)
             assert torch.allclose(standalone(queries), expected, atol=1e-5), arch
             assert torch.allclose(standalone(queries[:1]), expected[:1], atol=1e-5)
-        assert standalone.num_parameters() == net.num_parameters(arch)
+        # TaskNorm-I's blend is fixed after adaptation: a buffer of the standalone layer, not a parameter
+        assert standalone.num_parameters() == net.num_parameters(arch) - (2 * arch.depth if task_norm else 0)
         assert not any(isinstance(m, SuperNet) for m in standalone.modules())
 
 

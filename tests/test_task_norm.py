@@ -100,12 +100,14 @@ def test_per_task_and_vectorised_meta_gradients_agree():
         torch.testing.assert_close(results[0].grads[p], results[1].grads[p], rtol=1e-9, atol=1e-11)
 
 
-def test_the_blend_counts_as_two_parameters_per_layer_and_is_refused_by_export():
+def test_the_blend_counts_as_two_parameters_per_layer_and_reaches_the_standalone_network():
     plain, blended = SuperNet(SPACE, ways=5), SuperNet(SPACE, ways=5, task_norm=True)
     for arch in ARCHS:
         assert blended.num_parameters(arch) == plain.num_parameters(arch) + 2 * len(arch.ops)
-    with pytest.raises(SettingsError, match="norm_layer=batch"):
-        StandaloneNet.from_supernet(blended, ARCHS[0], 14)
+    with torch.no_grad():
+        blended.slots[0]["conv3x3"].norm_blend.copy_(torch.tensor([0.5, -1.0]))
+    standalone = StandaloneNet.from_supernet(blended, ARCHS[0], 14)
+    assert standalone.task_norm and torch.equal(standalone.layers[0].norm.blend, torch.tensor([0.5, -1.0]))
     assert MetaConfig(norm_layer="task_norm_i").norm_layer == "task_norm_i"
     with pytest.raises(SettingsError, match="model.meta.norm_layer must be one of"):
         MetaConfig(norm_layer="group")
@@ -124,3 +126,11 @@ def test_train_then_eval_a_task_norm_checkpoint(tmp_path):
     assert any(not torch.equal(state[k], torch.zeros(2)) for k in blends)  # meta-training moved them
     out = run("eval.py", "--ckpt_path", str(ckpt), "--data.test_tasks", "6").stdout
     assert "over 6 tasks, 3-way 1-shot" in out
+    # the meta-weights as a plain network (export.from_checkpoint: the batch is the task) compute
+    # what the SuperNet computes with its own batch's statistics
+    from lightning_metanas.export import from_checkpoint
+    from lightning_metanas.module import MetaNASModule
+    module = MetaNASModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    net, x = from_checkpoint(str(ckpt)), torch.randn(6, 1, 14, 14)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), module.supernet(x, module.evaluated_architecture()), rtol=1e-4, atol=1e-5)
