@@ -1,6 +1,8 @@
 """TaskNorm-I (``model.meta.norm_layer=task_norm_i``): the blend's two ends are BatchNorm and
-instance norm, a query image's logits do not depend on its batch, and the meta-gradients stay
-the same maths per task, vectorised, and between second order and finite differences.
+instance norm, a query image's logits do not depend on its batch, finite differences still
+match second order, and the setting runs end to end. (Support statistics vs the batch's, and
+per task vs vectorised: ``test_meta_gradients.py``, parametrised over the norm layer; the
+standalone network and the saved model: ``test_standalone.py``, ``test_adapted_model.py``.)
 
 Tolerances: float64 throughout; equalities of the same computation by other routes at
 ``rtol=1e-9`` (vmap vs per task) or ``1e-7`` (support statistics vs the batch's own, one image vs
@@ -17,16 +19,11 @@ from lightning_metanas.meta_config import MetaConfig
 from lightning_metanas.ops import BN_EPS, blend_normalize, blend_weight
 from lightning_metanas.standalone import StandaloneNet
 from lightning_metanas.supernet import SuperNet
-from tests.helpers import ARCHS, MODES, SPACE, flat, one_task, task_batch
+from tests.helpers import ARCHS, MODES, SPACE, flat, one_task, small_supernet
 
 
-def task_norm_supernet(seed=0):
-    torch.manual_seed(seed)
-    net = SuperNet(SPACE, ways=5, in_channels=1, task_norm=True).double()
-    with torch.no_grad():  # away from (0, 0), so the blend is not symmetric by accident
-        for i, p in enumerate(p for n, p in net.named_parameters() if n.endswith("norm_blend")):
-            p.copy_(torch.tensor([0.1 * (i % 3), 0.3 - 0.2 * (i % 2)]))
-    return net
+def task_norm_supernet():
+    return small_supernet(torch.float64, task_norm=True)
 
 
 def test_the_blend_ends_are_batch_norm_and_instance_norm():
@@ -67,17 +64,6 @@ def test_a_query_image_gets_the_same_logits_alone_and_in_any_batch(arch):
     assert not torch.allclose(transductive, batch)  # the task statistics really enter
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_support_statistics_equal_the_batch_ones_when_the_query_is_the_support(mode):
-    net = task_norm_supernet()
-    support, _ = one_task(seed=4, dtype=torch.float64)
-    grads = {}
-    for norm in ("transductive", "support"):
-        adapter = TaskAdapter(net, inner_lr=0.3, fd_epsilon=1e-6, norm=norm)
-        grads[norm] = flat(adapter.meta_gradient(ARCHS[0], support, support, steps=2, mode=mode).grads)
-    torch.testing.assert_close(grads["support"], grads["transductive"], rtol=1e-7, atol=1e-9)
-
-
 def test_finite_differences_match_second_order_and_the_blend_learns():
     net = task_norm_supernet()
     adapter = TaskAdapter(net, inner_lr=0.4, fd_epsilon=1e-6, norm="support")
@@ -89,15 +75,6 @@ def test_finite_differences_match_second_order_and_the_blend_learns():
     blends = [g for n, g in zip(names, results["second_order"].grads) if n.endswith("norm_blend")]
     assert len(blends) == len(ARCHS[0].ops)  # one (a, b) per layer, each with a gradient
     assert all(g is not None and g.abs().sum() > 0 for g in blends)
-
-
-def test_per_task_and_vectorised_meta_gradients_agree():
-    net = task_norm_supernet()
-    batch = tuple(t.double() if t.is_floating_point() else t for t in task_batch(tasks=4, seed=9))
-    results = [TaskAdapter(net, 0.3, norm="support", workers=1, vectorize=v).meta_batch_gradient(
-        [ARCHS[1]] * 4, batch, 2, "first_order") for v in (False, True)]
-    for p in results[0].grads:
-        torch.testing.assert_close(results[0].grads[p], results[1].grads[p], rtol=1e-9, atol=1e-11)
 
 
 def test_the_blend_counts_as_two_parameters_per_layer_and_reaches_the_standalone_network():
