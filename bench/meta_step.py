@@ -235,6 +235,18 @@ def sequential_contender(mode: str, steps: int, ways: int):
     return module_step(project_module(mode, steps, ways, vectorize=False, workers=1))
 
 
+def support_contender(mode: str, steps: int, ways: int):
+    """The project's per-task step with each query image normalised by the support images'
+    statistics (``meta.norm=support``, BatchNorm)."""
+    return module_step(project_module(mode, steps, ways, vectorize=False, norm="support"))
+
+
+def task_norm_contender(mode: str, steps: int, ways: int):
+    """The same with TaskNorm-I layers (``meta.norm_layer=task_norm_i``): what blending in each
+    image's own statistics costs against ``project-support``."""
+    return module_step(project_module(mode, steps, ways, vectorize=False, norm="support", norm_layer="task_norm_i"))
+
+
 CONTENDERS = {
     "plain": plain_contender,
     "project": project_contender,
@@ -243,6 +255,8 @@ CONTENDERS = {
     "project-l2l-clone": l2l_clone_contender,
     "project-nchw": nchw_contender,
     "project-channels-last": channels_last_contender,
+    "project-support": support_contender,
+    "project-task-norm": task_norm_contender,
 }
 ALL_MODES = ("first_order", "second_order", "finite_difference")
 MODES = {name: ALL_MODES for name in CONTENDERS} | {
