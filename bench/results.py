@@ -91,6 +91,12 @@ def arm_command(setting: str, arm: str, runs: Optional[Path] = None) -> list[str
     raise SystemExit(f"unknown arm {arm!r} for {setting}")
 
 
+def base_arm(arm: str) -> str:
+    """The arm without its normalisation suffix (``conv4_tasknorm`` -> ``conv4``): the budget arms
+    exist at 5-way 1-shot only, the others (and their ``_support`` / ``_tasknorm`` forms) everywhere."""
+    return arm.removesuffix("_support").removesuffix("_tasknorm")
+
+
 def zero_cost_rule() -> str:
     """The size rule chosen on the validation column (``bench/ranking_table.py``)."""
     ranking = ROOT / "bench/ranking/omniglot_5w1s_v2.json"
@@ -154,9 +160,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     order = {"20w5s": 0, "20w1s": 1, "5w5s": 2, "5w1s": 3}
     todo = sorted(
         ((s, a, seed) for seed in args.seeds for s in args.settings for a in args.arms
-         if (s, a, seed) not in done and (a.removesuffix("_support") in ARM_NAMES or s == "5w1s")),
+         if (s, a, seed) not in done and (base_arm(a) in ARM_NAMES or s == "5w1s")),
         key=lambda job: (job[2], order[job[0]], job[1]),
     )
+    skipped = sorted({(s, a) for s in args.settings for a in args.arms if not (base_arm(a) in ARM_NAMES or s == "5w1s")})
+    if skipped:  # said, not silently dropped
+        print("not run (budget arms exist at 5-way 1-shot only): " + ", ".join(f"{s} {a}" for s, a in skipped), flush=True)
     if args.list:
         for setting, arm, seed in todo:
             print(" ".join(["python train.py", *arm_command(setting, arm, Path(args.runs)), *seed_flags(seed)]))

@@ -285,3 +285,15 @@ def test_adapt_omniglot_bench_measures_the_saved_model_alone_and_as_a_batch_on_u
             assert round(6 * r["transductive"], 6) == round(6 * r["transductive"])
         mean, ci = written["summary"][mode]["inductive"]
         assert mean == pytest.approx(sum(r["inductive"] for r in rows) / 2) and ci >= 0
+
+
+def test_results_bench_runs_the_normalisation_arms_in_every_setting_and_says_what_it_skips(tmp_path, capsys):
+    from bench import results
+
+    assert results.main(["--settings", "20w1s", "--arms", "conv4_tasknorm", "conv4_support", "search_flops3M",
+                         "--seeds", "0", "--list", "--out", str(tmp_path / "none.json")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "not run (budget arms exist at 5-way 1-shot only): 20w1s search_flops3M" in out
+    commands = [line for line in out if line.startswith("python train.py")]
+    assert len(commands) == 2 and all("omniglot_20w1s.yaml" in c and "--model.meta.norm=support" in c for c in commands)
+    assert sum("--model.meta.norm_layer=task_norm_i" in c for c in commands) == 1
