@@ -56,7 +56,8 @@ SEARCH_FLAGS = {
     "20w1s": ["--search.warmup_epochs=3", "--search.tasks_per_score=50", "--search.score_queries=3"],
     "20w5s": ["--search.warmup_epochs=2", "--search.tasks_per_score=50", "--search.score_queries=3"],
 }
-BUDGET_FLAGS = {"flops3M": "--search.max_flops=3000000", "params40k": "--search.max_params=40000"}
+BUDGET_FLAGS = {"flops3M": "--search.max_flops=3000000", "params40k": "--search.max_params=40000",
+                "latency_half": "--search.max_latency_vs_reference=0.5"}
 ARM_NAMES = {"conv4": "Conv-4 (MAML baseline)", "largest": "largest network", "search": "searched"}
 RULE_PICKS = ROOT / "bench/ground_truth/omniglot_5w1s_v2_archs.json"
 

@@ -30,7 +30,9 @@ COST_ARMS = {"conv4": "Conv-4", "largest": "largest network", "search": "searche
              # zero-cost pick within the same budget, both trained at the setting's budget
              "search_flops3M": "searched within 3 MFLOPs", "zero_cost_flops3M": "best zero-cost pick within 3 MFLOPs",
              "search_params40k": "searched within 40k parameters",
-             "zero_cost_params40k": "best zero-cost pick within 40k parameters"}
+             "zero_cost_params40k": "best zero-cost pick within 40k parameters",
+             "search_latency_half": "searched within half of Conv-4's latency",
+             "zero_cost_latency_half": "best zero-cost pick within half of Conv-4's latency"}
 
 
 def spread(values: list[float]) -> str:
@@ -202,7 +204,8 @@ def budget_pairs_table(entries: list[dict]) -> str:
     mean with a 95% t-interval over the seed pairs, and how many pairs the search wins. A
     lead is established only where the interval excludes 0."""
     rows = []
-    for budget, label in (("flops3M", "3 MFLOPs"), ("params40k", "40k parameters")):
+    for budget, label in (("flops3M", "3 MFLOPs"), ("params40k", "40k parameters"),
+                          ("latency_half", "half of Conv-4's latency")):
         searched = {e["seed"]: e["acc"] for e in entries if e["setting"] == "5w1s" and e["arm"] == f"search_{budget}"}
         rule = {e["seed"]: e["acc"] for e in entries if e["setting"] == "5w1s" and e["arm"] == f"zero_cost_{budget}"}
         seeds = sorted(set(searched) & set(rule))

@@ -39,11 +39,15 @@ class Budget:
         max_flops: multiply-accumulates of one forward pass of one image.
         max_latency_ms: one-image forward time on one CPU thread (``latency.latency_ms``),
             measured on the machine that runs the search.
+        max_latency_vs_reference: the same time as a multiple of the space's reference network
+            (Conv-4) timed by the same process: a bound that means the same on a fast and a
+            slow CPU, so one config serves both (with ``max_latency_ms`` too, the tighter wins).
     """
 
     max_params: Optional[int] = None
     max_flops: Optional[int] = None
     max_latency_ms: Optional[float] = None
+    max_latency_vs_reference: Optional[float] = None
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -56,6 +60,10 @@ class Budget:
     def active(self) -> bool:
         return any(getattr(self, f.name) is not None for f in fields(self))
 
+    @property
+    def bounds_latency(self) -> bool:
+        return self.max_latency_ms is not None or self.max_latency_vs_reference is not None
+
     def as_dict(self) -> dict[str, Optional[float]]:
         return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
 
@@ -66,7 +74,8 @@ class Budget:
 class CostModel:
     """Costs of architectures of ``space`` for ``ways``-way tasks on ``in_channels`` x
     ``image_size``² images, and whether they fit a ``budget``. Latencies are measured once per
-    architecture (a ``LatencyTable``) and only when the budget bounds latency."""
+    architecture (a ``LatencyTable``) and only when the budget bounds latency; a bound relative
+    to the reference network is turned into milliseconds by timing that network once, here."""
 
     def __init__(self, space: SearchSpace, ways: int = 5, in_channels: int = 1, image_size: int = 28,
                  budget: Budget = Budget(), supernet: Optional[SuperNet] = None,
@@ -75,6 +84,31 @@ class CostModel:
         self.budget = budget
         self.supernet = supernet if supernet is not None else SuperNet(space, ways, in_channels)
         self.latency = latency or LatencyTable(in_channels, image_size, ways)
+        self._reference_ms: Optional[float] = None
+
+    @property
+    def reference_latency_ms(self) -> float:
+        """The reference network's (``space.reference()``, Conv-4) one-image time, measured once."""
+        if self._reference_ms is None:
+            self._reference_ms = float(self.latency(self.space.reference()))
+        return self._reference_ms
+
+    def latency_bound(self) -> Optional[float]:
+        """The budget's latency bound in milliseconds on this machine (``None``: unbounded)."""
+        b = self.budget
+        bounds = [b.max_latency_ms] if b.max_latency_ms is not None else []
+        if b.max_latency_vs_reference is not None:
+            bounds.append(b.max_latency_vs_reference * self.reference_latency_ms)
+        return min(bounds) if bounds else None
+
+    def budget_record(self) -> dict[str, float]:
+        """The budget as the search's files state it: the bounds set and, for a relative latency
+        bound, the reference's time and the bound in milliseconds that this run applied."""
+        record = self.budget.as_dict()
+        if self.budget.max_latency_vs_reference is not None:
+            record["reference_latency_ms"] = round(self.reference_latency_ms, 4)
+            record["latency_bound_ms"] = round(float(self.latency_bound()), 4)
+        return record
 
     def params(self, arch: Architecture) -> int:
         return int(self.supernet.num_parameters(arch))
@@ -85,7 +119,7 @@ class CostModel:
     def of(self, arch: Architecture, latency: Optional[bool] = None) -> dict[str, float]:
         """``params``, ``flops`` and, where the budget bounds it (or ``latency``), ``latency_ms``."""
         cost: dict[str, float] = {"params": self.params(arch), "flops": self.flops(arch)}
-        if latency or (latency is None and self.budget.max_latency_ms is not None):
+        if latency or (latency is None and self.budget.bounds_latency):
             cost["latency_ms"] = round(float(self.latency(arch)), 4)
         return cost
 
@@ -96,7 +130,8 @@ class CostModel:
             return False
         if b.max_flops is not None and self.flops(arch) > b.max_flops:
             return False
-        return b.max_latency_ms is None or self.latency(arch) <= b.max_latency_ms
+        bound = self.latency_bound()
+        return bound is None or self.latency(arch) <= bound
 
     def check_feasible(self) -> None:
         """Stop up front, in one line naming the smallest value the space allows, when no
@@ -111,9 +146,17 @@ class CostModel:
         if b.max_flops is not None and table.flops.min() > b.max_flops:
             raise BudgetError(f"search.max_flops={b.max_flops:g}: no architecture of the space needs so few "
                               f"multiply-accumulates; the smallest needs {int(table.flops.min())}")
-        if b.max_latency_ms is not None:
+        bound = self.latency_bound()
+        if bound is not None:
             fastest = min(self.latency(a) for a in table.fastest_candidates())
-            if fastest > b.max_latency_ms:
+            if fastest > bound:
+                relative = b.max_latency_vs_reference is not None and (
+                    b.max_latency_ms is None or b.max_latency_vs_reference * self.reference_latency_ms < b.max_latency_ms)
+                if relative:
+                    raise BudgetError(
+                        f"search.max_latency_vs_reference={b.max_latency_vs_reference:g}: the fastest architecture "
+                        f"of the space takes {fastest / self.reference_latency_ms:.3f} x the reference network's "
+                        f"time on this machine ({fastest:.3f} vs {self.reference_latency_ms:.3f} ms); use at least that")
                 raise BudgetError(
                     f"search.max_latency_ms={b.max_latency_ms:g}: the fastest architecture of the space "
                     f"takes {fastest:.3f} ms per image on this machine; use at least that")

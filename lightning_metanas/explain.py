@@ -228,7 +228,7 @@ def explain(arch: Architecture, space: SearchSpace, scorer: Scorer, costs: Optio
         **{k: mine[k] for k in ("accuracy", "prior", "score")},
         "costs": {k: v for k, v in mine.items() if k in ("params", "flops", "latency_ms", "within_budget")},
         "space": {"ops": list(space.ops), "widths": list(space.widths), "depths": list(space.depths)},
-        "budget": costs.budget.as_dict() if costs is not None else {},
+        "budget": costs.budget_record() if costs is not None else {},
         "layers": layers,
         "depth": depth,
         "importance": layer_importance(layers),

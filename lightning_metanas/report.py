@@ -207,8 +207,12 @@ def _shown_path(path: Path) -> str:
 
 
 def _budget_text(budget: dict) -> Optional[str]:
-    names = {"max_params": "parameters", "max_flops": "MACs per image", "max_latency_ms": "ms per image"}
-    return ", ".join(f"{names.get(k, k)} ≤ {v:,g}" for k, v in budget.items()) or None
+    names = {"max_params": "parameters", "max_flops": "MACs per image", "max_latency_ms": "ms per image",
+             "max_latency_vs_reference": "× the reference network's time per image"}
+    parts = [f"{names[k]} ≤ {v:,g}" for k, v in budget.items() if k in names]
+    if "latency_bound_ms" in budget:  # a relative bound, in this run's milliseconds
+        parts[-1] += f" ({budget['latency_bound_ms']:,g} ms here; the reference: {budget['reference_latency_ms']:,g} ms)"
+    return ", ".join(parts) or None
 
 
 def _pct(value: Optional[float]) -> str:

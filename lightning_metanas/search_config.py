@@ -35,6 +35,9 @@ class SearchConfig(EvolutionConfig):
         max_flops: multiply-accumulates of one image's forward pass, at most.
         max_latency_ms: one-image forward time on one CPU thread of this machine, at most
             (measured per candidate: ``latency.latency_ms``).
+        max_latency_vs_reference: the same time as a multiple of Conv-4's (the space's reference
+            network), timed in the same run: e.g. 0.5 for "at most half of Conv-4's latency" on
+            whatever CPU runs the search.
         warmup_epochs: epochs the SuperNet is meta-trained under ``model.sampling`` before the
             first generation (``None``: half the run's epochs, minus one: the generations then
             run at the end of the middle epoch and the best architecture trains alone after).
@@ -52,6 +55,7 @@ class SearchConfig(EvolutionConfig):
     max_params: Optional[int] = None
     max_flops: Optional[int] = None
     max_latency_ms: Optional[float] = None
+    max_latency_vs_reference: Optional[float] = None
     warmup_epochs: Optional[int] = None
     generations_per_epoch: int = 8
     uniform_share: float = 0.25
@@ -73,7 +77,7 @@ class SearchConfig(EvolutionConfig):
 
     @property
     def budget(self) -> Budget:
-        return Budget(self.max_params, self.max_flops, self.max_latency_ms)
+        return Budget(self.max_params, self.max_flops, self.max_latency_ms, self.max_latency_vs_reference)
 
     def warmup(self, max_epochs: Optional[int]) -> int:
         """Warm-up epochs for a run of ``max_epochs``: the setting, or half the run minus one."""

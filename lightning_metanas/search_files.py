@@ -44,7 +44,7 @@ def scored_record(search: EvolutionarySearch, costs: CostModel, **shape: Optiona
     return {
         "generation": search.history[-1].generation,
         **shape,
-        "budget": costs.budget.as_dict(),
+        "budget": costs.budget_record(),
         "best": search.best().arch.to_dict(),
         "population": [dict(_row(search, m.arch, m.score, costs), born=m.born) for m in search.population],
         "archive": [dict(_row(search, arch, score, costs), in_population=arch in alive)

@@ -45,8 +45,9 @@ def best_in_budget(rule: str, table: SpaceCosts, costs: CostModel,
         mask &= table.params <= budget.max_params
     if budget.max_flops is not None:
         mask &= table.flops <= budget.max_flops
-    if budget.max_latency_ms is not None and latency_estimate is not None:
-        mask &= latency_estimate * 1.1 <= budget.max_latency_ms
+    bound = costs.latency_bound()
+    if bound is not None and latency_estimate is not None:
+        mask &= latency_estimate * 1.1 <= bound
     return table.first(costs.fits, key=SIZE_RULES[rule](table), mask=mask, limit=limit)
 
 

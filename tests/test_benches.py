@@ -145,6 +145,7 @@ def test_results_bench_runs_the_commands_its_configs_document(setting):
 
 def test_budget_arms_exist_at_five_way_one_shot_only(tmp_path):
     assert results.arm_command("5w1s", "search_flops3M")[-1] == "--search.max_flops=3000000"
+    assert results.arm_command("5w1s", "search_latency_half")[-1] == "--search.max_latency_vs_reference=0.5"
     zero = results.arm_command("5w1s", "zero_cost_params40k", tmp_path)
     arch_file = zero[-1].split("=", 1)[1]
     assert json.loads(open(arch_file).read())["ops"]

@@ -1,6 +1,7 @@
 """Costs and budgets: exact counts over the whole space, a search that never leaves its budget,
 the up-front refusal of a budget nothing meets, and the costs in the search's files."""
 import json
+import re
 import random
 
 import pytest
@@ -57,7 +58,8 @@ def test_size_rules_pick_the_first_of_the_whole_space_within_the_budget():
 
 
 @pytest.mark.parametrize("budget", [Budget(max_params=1200), Budget(max_flops=60_000),
-                                    Budget(max_latency_ms=0.25), Budget(max_params=2000, max_latency_ms=0.3)])
+                                    Budget(max_latency_ms=0.25), Budget(max_params=2000, max_latency_ms=0.3),
+                                    Budget(max_latency_vs_reference=0.7)])
 def test_search_samples_mutates_and_crosses_over_only_within_the_budget(budget):
     costs = CostModel(SMALL, 3, 1, 14, budget, latency=fake_latency)
     costs.check_feasible()
@@ -78,15 +80,37 @@ def test_search_samples_mutates_and_crosses_over_only_within_the_budget(budget):
     (Budget(max_params=50), "search.max_params=50: no architecture of the space has so few parameters; the smallest has "),
     (Budget(max_flops=10), "search.max_flops=10: no architecture of the space needs so few multiply-accumulates; the smallest needs "),
     (Budget(max_latency_ms=0.1), "search.max_latency_ms=0.1: the fastest architecture of the space takes 0.220 ms"),
+    (Budget(max_latency_vs_reference=0.5), "search.max_latency_vs_reference=0.5: the fastest architecture of the space "
+                                           "takes 0.611 x the reference network's time on this machine (0.220 vs 0.360 ms)"),
 ])
 def test_a_budget_nothing_meets_is_refused_naming_the_smallest_feasible_value(budget, message):
     net = SuperNet(SMALL, ways=3)
-    with pytest.raises(BudgetError, match=message.replace("(", r"\(")) as err:
+    with pytest.raises(BudgetError, match=re.escape(message)) as err:
         CostModel(SMALL, 3, 1, 14, budget, supernet=net, latency=fake_latency).check_feasible()
     if budget.max_params:  # the value named is the true minimum, and it is feasible
         smallest = int(str(err.value).rsplit(" ", 1)[1])
         assert smallest == min(SpaceCosts(SMALL, net, 14).params)
         CostModel(SMALL, 3, 1, 14, Budget(max_params=smallest), supernet=net).check_feasible()
+
+
+def test_a_latency_bound_relative_to_the_reference_is_that_share_of_its_time_on_this_machine():
+    """SMALL's reference is conv3x3@16 x 3 (no depth 4, no width 64): 0.36 ms by fake_latency."""
+    net = SuperNet(SMALL, ways=3)
+    relative = CostModel(SMALL, 3, 1, 14, Budget(max_latency_vs_reference=0.7), supernet=net, latency=fake_latency)
+    assert relative.reference_latency_ms == pytest.approx(0.36) and relative.latency_bound() == pytest.approx(0.252)
+    archs = [SMALL.sample(random.Random(i)) for i in range(200)]
+    assert {relative.fits(a) for a in archs} == {True, False}
+    assert all(relative.fits(a) == (fake_latency(a) <= 0.7 * 0.36) for a in archs)
+    assert relative.budget_record() == {"max_latency_vs_reference": 0.7, "reference_latency_ms": 0.36,
+                                        "latency_bound_ms": 0.252}
+    assert "latency_ms" in relative.of(archs[0])
+    both = CostModel(SMALL, 3, 1, 14, Budget(max_latency_ms=0.23, max_latency_vs_reference=0.7), supernet=net,
+                     latency=fake_latency)
+    assert both.latency_bound() == pytest.approx(0.23)  # the tighter of the two
+    assert CostModel(SMALL, 3, 1, 14, Budget(max_params=1500), supernet=net, latency=fake_latency).latency_bound() is None
+    from lightning_metanas.report import _budget_text
+    assert _budget_text(relative.budget_record()) == (
+        "× the reference network's time per image ≤ 0.7 (0.252 ms here; the reference: 0.36 ms)")
 
 
 @pytest.mark.parametrize("value", [0, -3, float("inf"), True, "big"])
