@@ -17,7 +17,11 @@ the arms differ only in what they train:
   query image normalised by the adapted support images' statistics (``--model.meta.norm=support``),
   the way a deployed model classifies one image at a time;
 * ``<arm>_tasknorm`` (e.g. ``conv4_tasknorm``): as ``_support``, with TaskNorm-I layers
-  (``--model.meta.norm_layer=task_norm_i``: the support statistics blended with each image's own).
+  (``--model.meta.norm_layer=task_norm_i``: the support statistics blended with each image's own);
+* ``search_pick`` (and ``search_pick_tasknorm``, ...): the architecture the ``search`` arm picked
+  at the same setting and seed (read from ``--out``), meta-trained alone from scratch with the
+  setting's budget: what a user does who searches once the usual way, then trains the pick for
+  deployment with the normalisation deployment uses.
 
 Each run records its architecture's parameters, multiply-accumulates and one-image latency
 (its ratio to Conv-4 timed beside it, ``latency.latency_ms``; measured when the run ends, so
@@ -59,11 +63,15 @@ SEARCH_FLAGS = {
 BUDGET_FLAGS = {"flops3M": "--search.max_flops=3000000", "params40k": "--search.max_params=40000",
                 "latency_half": "--search.max_latency_vs_reference=0.5"}
 ARM_NAMES = {"conv4": "Conv-4 (MAML baseline)", "largest": "largest network", "search": "searched"}
+# arms run only when named (not in the default --arms), in every setting
+EXTRA_ARMS = {"search_pick": "the searched arm's pick, trained alone"}
 RULE_PICKS = ROOT / "bench/ground_truth/omniglot_5w1s_v2_archs.json"
 
 
-def arm_command(setting: str, arm: str, runs: Optional[Path] = None) -> list[str]:
-    """The arm's ``train.py`` flags (without seed and logger)."""
+def arm_command(setting: str, arm: str, runs: Optional[Path] = None, seed: Optional[int] = None,
+                results: Optional[Path] = None) -> list[str]:
+    """The arm's ``train.py`` flags (without seed and logger). ``search_pick`` arms need the
+    ``seed`` and the ``results`` file whose ``search`` run at that setting and seed they train."""
     config = ["--config", f"configs/results/omniglot_{setting}.yaml"]
     if arm == "conv4":
         return config + ["--model.train_arch=reference"]
@@ -72,10 +80,19 @@ def arm_command(setting: str, arm: str, runs: Optional[Path] = None) -> list[str
     if arm == "search":
         return config + ["--config", "configs/results/search.yaml", *SEARCH_FLAGS[setting]]
     if arm.endswith("_tasknorm"):  # support-set statistics blended with each image's own (TaskNorm-I)
-        return arm_command(setting, arm.removesuffix("_tasknorm"), runs) + [
+        return arm_command(setting, arm.removesuffix("_tasknorm"), runs, seed, results) + [
             "--model.meta.norm=support", "--model.meta.norm_layer=task_norm_i"]
     if arm.endswith("_support"):  # the same arm meta-trained and evaluated with support-set statistics
-        return arm_command(setting, arm.removesuffix("_support"), runs) + ["--model.meta.norm=support"]
+        return arm_command(setting, arm.removesuffix("_support"), runs, seed, results) + ["--model.meta.norm=support"]
+    if arm == "search_pick":
+        results = results or ROOT / "bench/results/omniglot.json"
+        picked = [e for e in load(results) or [] if (e["setting"], e["arm"], e["seed"]) == (setting, "search", seed)]
+        if seed is None or not picked:
+            raise SystemExit(f"search_pick: no search run at {setting} seed {seed} in {results}; run that arm first")
+        path = (runs or ROOT / "runs/results") / f"{setting}_search_pick_seed{seed}.arch.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        parse_label(picked[0]["label"]).save(path)
+        return config + [f"--model.train_arch={path}"]
     kind = next((k for k in ("search_", "zero_cost_") if arm.startswith(k)), "")
     budget = arm[len(kind):]
     if setting == "5w1s" and kind == "search_" and budget in BUDGET_FLAGS:
@@ -119,7 +136,7 @@ def seed_flags(seed: int) -> list[str]:
 def run_one(setting: str, arm: str, seed: int, args: argparse.Namespace) -> Optional[dict]:
     name = f"{setting}_{arm}_seed{seed}"
     runs = Path(args.runs)
-    flags = arm_command(setting, arm, runs) + seed_flags(seed)
+    flags = arm_command(setting, arm, runs, seed, Path(args.out)) + seed_flags(seed)
     run, _ = run_train(flags, runs / name, runs, name)
     if run is None:
         return None
@@ -161,15 +178,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     order = {"20w5s": 0, "20w1s": 1, "5w5s": 2, "5w1s": 3}
     todo = sorted(
         ((s, a, seed) for seed in args.seeds for s in args.settings for a in args.arms
-         if (s, a, seed) not in done and (base_arm(a) in ARM_NAMES or s == "5w1s")),
+         if (s, a, seed) not in done and (base_arm(a) in ARM_NAMES | EXTRA_ARMS or s == "5w1s")),
         key=lambda job: (job[2], order[job[0]], job[1]),
     )
-    skipped = sorted({(s, a) for s in args.settings for a in args.arms if not (base_arm(a) in ARM_NAMES or s == "5w1s")})
+    skipped = sorted({(s, a) for s in args.settings for a in args.arms
+                      if not (base_arm(a) in ARM_NAMES | EXTRA_ARMS or s == "5w1s")})
     if skipped:  # said, not silently dropped
         print("not run (budget arms exist at 5-way 1-shot only): " + ", ".join(f"{s} {a}" for s, a in skipped), flush=True)
     if args.list:
         for setting, arm, seed in todo:
-            print(" ".join(["python train.py", *arm_command(setting, arm, Path(args.runs)), *seed_flags(seed)]))
+            print(" ".join(["python train.py", *arm_command(setting, arm, Path(args.runs), seed, out), *seed_flags(seed)]))
         return 0
     args.commit, args.machine = git_commit(), cpu_model()
     print(f"{len(todo)} runs to do, {args.lanes} lanes", flush=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench import ground_truth, results
-from lightning_metanas.search_space import SearchSpace
+from lightning_metanas.search_space import Architecture, SearchSpace
 from tests.test_train import SYNTHETIC, logs, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,6 +151,20 @@ def test_budget_arms_exist_at_five_way_one_shot_only(tmp_path):
     assert json.loads(open(arch_file).read())["ops"]
     with pytest.raises(SystemExit):
         results.arm_command("20w1s", "search_flops3M")
+
+
+def test_search_pick_arms_train_the_searched_arms_pick_of_the_same_setting_and_seed(tmp_path):
+    out = tmp_path / "omniglot.json"
+    label = "conv5x5@64-max_pool3x3@48-dil_conv3x3@32"
+    out.write_text(json.dumps([{"setting": "20w1s", "arm": "search", "seed": 1, "label": label},
+                               {"setting": "20w1s", "arm": "search", "seed": 0, "label": "skip@32-conv3x3@64"}]))
+    flags = results.arm_command("20w1s", "search_pick_tasknorm", tmp_path, 1, out)
+    assert flags[:2] == ["--config", "configs/results/omniglot_20w1s.yaml"]
+    assert flags[-2:] == ["--model.meta.norm=support", "--model.meta.norm_layer=task_norm_i"]
+    arch_file = flags[2].split("=", 1)[1]
+    assert flags[2].startswith("--model.train_arch=") and str(Architecture.load(arch_file)) == label
+    with pytest.raises(SystemExit, match="no search run at 20w1s seed 2"):
+        results.arm_command("20w1s", "search_pick", tmp_path, 2, out)
 
 
 def test_results_table_gives_mean_and_sd_over_seeds_and_marks_figures_not_rerun(tmp_path, capsys):
