@@ -110,14 +110,17 @@ def norm_table(entries: list[dict]) -> str:
     where its run recorded it), the same arm trained and tested with support statistics (one
     image at a time), and that run's batch-statistics figure of the same adapted weights. Arms
     ``<arm>_tasknorm`` (TaskNorm-I layers: support statistics blended with each image's own) get
-    their own rows, named so."""
+    their own rows, named so. ``search_pick_*`` arms (the search arm's pick at the same seed, trained
+    alone for deployment) are set against the search arm's figure; their "trained as today, one
+    image at a time" is the pick trained alone as today (``search_pick``)."""
     rows = []
     for setting, (label, _, _) in SETTINGS.items():
-        for arm, suffix in itertools.product(("conv4", "search"), ("support", "tasknorm")):
+        for arm, suffix in itertools.product(("conv4", "search", "search_pick"), ("support", "tasknorm")):
             support = {e["seed"]: e for e in entries if e["setting"] == setting and e["arm"] == f"{arm}_{suffix}"}
             if not support:
                 continue
-            today = {e["seed"]: e["acc"] for e in entries if e["setting"] == setting and e["arm"] == arm}
+            reference = "search" if arm == "search_pick" else arm
+            today = {e["seed"]: e["acc"] for e in entries if e["setting"] == setting and e["arm"] == reference}
             today_one = [e["acc_inductive"] for e in entries
                          if e["setting"] == setting and e["arm"] == arm and e.get("acc_inductive") is not None]
             seeds = sorted(support)
@@ -126,7 +129,7 @@ def norm_table(entries: list[dict]) -> str:
             paired = [support[s]["acc"] - today[s] for s in seeds if s in today]
             per_seed = ", ".join(f"{s}: {100 * support[s]['acc']:.2f} ± {100 * support[s]['ci95']:.2f}"
                                  + (f" / {100 * today[s]:.2f}" if s in today else "") for s in seeds)
-            name = ARMS[arm] + (", TaskNorm-I" if suffix == "tasknorm" else "")
+            name = ARMS.get(arm, "searched pick, trained alone") + (", TaskNorm-I" if suffix == "tasknorm" else "")
             rows.append(f"| {label} | {name} | {', '.join(map(str, seeds))} | "
                         f"{spread(list(today.values())) if today else '—'} | {spread(today_one) if today_one else '—'} | "
                         f"{spread(one)} | "

@@ -211,6 +211,13 @@ def test_results_table_sets_support_trained_one_image_accuracy_against_todays_ba
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 5-way 1-shot | Conv-4")]
     assert rows[0].startswith("| 5-way 1-shot | Conv-4 | 0 |") and "| -3.00 |" in rows[0]
     assert rows[1].startswith("| 5-way 1-shot | Conv-4, TaskNorm-I | 0 |") and "| -0.50 |" in rows[1]
+    path.write_text(json.dumps([entry("search", 0, 0.95), entry("search_pick", 0, 0.94, acc_inductive=0.88),
+                                entry("search_pick_tasknorm", 0, 0.92, acc_transductive=0.94)]))
+    assert results_table.main(["--norm", str(path)]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "searched pick" in line)
+    # against the search arm's figure at the same seed; "as today, one image" is the pick trained alone as today
+    assert row.startswith("| 5-way 1-shot | searched pick, trained alone, TaskNorm-I | 0 | **95.00** (1 seed) | "
+                          "**88.00** (1 seed) | **92.00** (1 seed) | **94.00** (1 seed) | -3.00 |")
 
 
 def test_results_table_lists_every_arm_with_its_costs():
