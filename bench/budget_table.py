@@ -10,9 +10,11 @@ truth version 2: mean of two training seeds; test, validation and one-image test
 * the best zero-cost pick: the first choice, over the whole space within the budget, of the
   size rule chosen on the validation column (``bench/ranking_table.py``);
 * the largest network that fits (the parameter rule's first choice within the budget);
-* a random network that fits: the mean over the ground truth's architectures within the budget;
-* the oracle: the best of the ground truth within the budget (by test accuracy: an upper
-  reference, not a method).
+* a random network that fits: the mean over the ground truth's architectures within the budget,
+  leaving out group ``faithfulness`` (the one-edit neighbours of a few bases added for
+  ``bench/explain_faithfulness.py``: clustered around those bases, not a sample of the budget);
+* the oracle: the best of the ground truth within the budget, every group (by test accuracy: an
+  upper reference, not a method).
 
 A pick not yet trained alone shows as "not trained" (``ground_truth.py --only <label>``); random
 search's column lists its picks one by one until all are trained, then their mean.
@@ -77,19 +79,20 @@ def main(argv: Optional[list[str]] = None) -> int:
         largest = rule_picks.get(f"{budget}:params") if budget != "none" else LARGEST
         zero_acc = truth[zero]["test_acc"] if zero in truth else None
         largest_acc = truth[largest]["test_acc"] if largest in truth else None
-        random_acc = statistics.fmean(e["test_acc"] for e in members) if members else None
+        sampled = [e for e in members if e.get("group") != "faithfulness"]
+        random_acc = statistics.fmean(e["test_acc"] for e in sampled) if sampled else None
         oracle = max(members, key=lambda e: e["test_acc"]) if members else None
         rows[budget] = {"search": search, "picks": [(r["label"], a) for r, a in zip(picks, accs)],
                         "random_search": random_search, "random_search_picks": randoms,
                         "zero_cost": (zero, zero_acc), "largest": (largest, largest_acc), "random": random_acc,
-                        "random_n": len(members), "oracle": (oracle["label"], oracle["test_acc"]) if oracle else None}
+                        "random_n": len(sampled), "oracle": (oracle["label"], oracle["test_acc"]) if oracle else None}
         each = ", ".join(pct(a) for a in accs)
         gap = f"{100 * (search - zero_acc):+.2f}" if search is not None and zero_acc is not None else "–"
         to_oracle = f"{100 * (oracle['test_acc'] - search):+.2f}" if search is not None and oracle else "–"
         # until every random-search pick is trained, each one (the mean would hide which are missing)
         random_cell = pct(random_search) if random_search is not None or not randoms else ", ".join(pct(a) for a in randoms)
         lines.append(f"| {budget} | {pct(search)} | {each} | {random_cell} | {pct(zero_acc)} | {pct(largest_acc)} | "
-                     f"{pct(random_acc)} ({len(members)}) | {pct(oracle['test_acc'] if oracle else None)} | {gap} | {to_oracle} |")
+                     f"{pct(random_acc)} ({len(sampled)}) | {pct(oracle['test_acc'] if oracle else None)} | {gap} | {to_oracle} |")
     save(Path(args.out), {"rule": rule, "rows": rows})
     print("\n".join(lines))
     return 0

@@ -264,8 +264,9 @@ def test_budget_table_sets_search_against_random_search_zero_cost_largest_and_or
         return {"label": label, "test_acc": acc, "runs": runs, "budgets": budgets}
 
     entries = [truth("a", 0.90, ["flops3M"]), truth("b", 0.80, ["flops3M"]), truth("c", 0.70, ["flops3M"]),
-               truth("big", 0.95, []), truth("one_seed", 0.99, ["flops3M"])]
+               truth("big", 0.95, []), truth("near", 0.93, ["flops3M"]), truth("one_seed", 0.99, ["flops3M"])]
     entries[-1]["runs"] = entries[-1]["runs"][:1]  # one seed: not in the table yet
+    entries[-2]["group"] = "faithfulness"  # a base's neighbour: the oracle's, not a random sample
     searches = [{"budget": "flops3M", "strategy": "evolution", "label": "a"},
                 {"budget": "flops3M", "strategy": "evolution", "label": "b"},
                 {"budget": "flops3M", "strategy": "random", "label": "c"},
@@ -280,10 +281,10 @@ def test_budget_table_sets_search_against_random_search_zero_cost_largest_and_or
     assert row["search"] == pytest.approx(0.85) and row["random_search"] is None  # one random pick untrained
     assert row["random_search_picks"] == [0.70, None]
     assert row["zero_cost"] == ["c", 0.70] and row["largest"] == ["b", 0.80]
-    assert row["random"] == pytest.approx(0.80) and row["random_n"] == 3 and row["oracle"] == ["a", 0.90]
+    assert row["random"] == pytest.approx(0.80) and row["random_n"] == 3 and row["oracle"] == ["near", 0.93]
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| flops3M"))
     # random search: its picks one by one while one is untrained
-    assert "| 85.00 | 90.00, 80.00 | 70.00, not trained | 70.00 | 80.00 | 80.00 (3) | 90.00 | +15.00 | +5.00 |" in line
+    assert "| 85.00 | 90.00, 80.00 | 70.00, not trained | 70.00 | 80.00 | 80.00 (3) | 93.00 | +15.00 | +8.00 |" in line
 
 
 def test_adapt_omniglot_bench_measures_the_saved_model_alone_and_as_a_batch_on_unseen_characters(tmp_path):
