@@ -147,10 +147,12 @@ def norm_table(entries: list[dict]) -> str:
 
 
 
-def latency_ratios(entries: list[dict], repeats: int = 200) -> dict[tuple[str, int], float]:
+def latency_ratios(entries: list[dict], repeats: int = 200, rounds: int = 5) -> dict[tuple[str, int], float]:
     """Each run's network's one-image latency as a multiple of Conv-4's with the same head, both
     measured now by the function the search and the ground truth use (a ratio, so that a busy
-    machine slows both alike; the absolute figures are per CPU model)."""
+    machine slows both alike; the absolute figures are per CPU model). Each ratio is the median
+    of ``rounds`` pairs timed back to back: one Conv-4 timing shared by every row moved whole
+    builds by 0.5 here (the largest net read 2.76, 1.67 and 2.12 in three builds in a row)."""
     sys.path.insert(0, str(ROOT))
     from lightning_metanas.latency import latency_ms
     from lightning_metanas.search_space import Architecture, SearchSpace
@@ -158,16 +160,18 @@ def latency_ratios(entries: list[dict], repeats: int = 200) -> dict[tuple[str, i
     ways = {"5w1s": 5, "5w5s": 5, "20w1s": 20, "20w5s": 20}
     cache: dict[tuple[str, int], float] = {}
 
-    def ms(arch: Architecture, n: int) -> float:
+    def ratio(arch: Architecture, n: int) -> float:
         if (str(arch), n) not in cache:
-            cache[str(arch), n] = latency_ms(arch, ways=n, repeats=repeats)
+            reference = SearchSpace().reference()
+            cache[str(arch), n] = statistics.median(
+                latency_ms(arch, ways=n, repeats=repeats) / latency_ms(reference, ways=n, repeats=repeats)
+                for _ in range(rounds))
         return cache[str(arch), n]
 
     out = {}
     for e in entries:
         if e["arm"] in COST_ARMS and e.get("arch"):
-            n = ways[e["setting"]]
-            out[e["setting"], id(e)] = ms(Architecture.from_dict(e["arch"]), n) / ms(SearchSpace().reference(), n)
+            out[e["setting"], id(e)] = ratio(Architecture.from_dict(e["arch"]), ways[e["setting"]])
     return out
 
 
