@@ -129,7 +129,7 @@ def norm_table(entries: list[dict]) -> str:
             paired = [support[s]["acc"] - today[s] for s in seeds if s in today]
             per_seed = ", ".join(f"{s}: {100 * support[s]['acc']:.2f} ± {100 * support[s]['ci95']:.2f}"
                                  + (f" / {100 * today[s]:.2f}" if s in today else "") for s in seeds)
-            name = ARMS.get(arm, "searched pick, trained alone") + (", TaskNorm-I" if suffix == "tasknorm" else "")
+            name = {**ARMS, "search_pick": "searched pick, trained alone"}[arm] + (", TaskNorm-I" if suffix == "tasknorm" else "")
             rows.append(f"| {label} | {name} | {', '.join(map(str, seeds))} | "
                         f"{spread(list(today.values())) if today else '—'} | {spread(today_one) if today_one else '—'} | "
                         f"{spread(one)} | "
@@ -160,9 +160,10 @@ def latency_ratios(entries: list[dict], repeats: int = 200, rounds: int = 5) -> 
     ways = {"5w1s": 5, "5w5s": 5, "20w1s": 20, "20w5s": 20}
     cache: dict[tuple[str, int], float] = {}
 
+    reference = SearchSpace().reference()
+
     def ratio(arch: Architecture, n: int) -> float:
         if (str(arch), n) not in cache:
-            reference = SearchSpace().reference()
             cache[str(arch), n] = statistics.median(
                 latency_ms(arch, ways=n, repeats=repeats) / latency_ms(reference, ways=n, repeats=repeats)
                 for _ in range(rounds))

@@ -211,7 +211,7 @@ def _budget_text(budget: dict) -> Optional[str]:
              "max_latency_vs_reference": "× the reference network's time per image"}
     parts = [f"{names[k]} ≤ {v:,g}" for k, v in budget.items() if k in names]
     if "latency_bound_ms" in budget:  # a relative bound, in this run's milliseconds
-        parts[-1] += f" ({budget['latency_bound_ms']:,g} ms here; the reference: {budget['reference_latency_ms']:,g} ms)"
+        parts.append(f"{budget['latency_bound_ms']:,g} ms here (the reference: {budget['reference_latency_ms']:,g} ms)")
     return ", ".join(parts) or None
 
 
