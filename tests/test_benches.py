@@ -320,3 +320,53 @@ def test_results_bench_runs_the_normalisation_arms_in_every_setting_and_says_wha
     commands = [line for line in out if line.startswith("python train.py")]
     assert len(commands) == 2 and all("omniglot_20w1s.yaml" in c and "--model.meta.norm=support" in c for c in commands)
     assert sum("--model.meta.norm_layer=task_norm_i" in c for c in commands) == 1
+
+
+def test_norm_diagnosis_statistics_take_the_batchs_own_at_the_named_layers_only():
+    """``QueryAtLayers`` at every layer is the transductive pass, at none the support pass, and
+    at one layer differs from both (BatchNorm; TaskNorm-I at its initial blend)."""
+    import torch
+
+    from bench.support_norm_diagnosis import QueryAtLayers
+    from lightning_metanas.ops import NormStatistics
+    from lightning_metanas.supernet import SuperNet
+
+    arch = Architecture(("conv3x3", "max_pool3x3"), (8, 16))
+    torch.manual_seed(0)
+    support, query = torch.randn(3, 1, 14, 14), torch.randn(6, 1, 14, 14)
+    for task_norm in (False, True):
+        net = SuperNet(SearchSpace(ops=("conv3x3", "max_pool3x3"), widths=(8, 16), depths=(2,)), 3, 1,
+                       task_norm=task_norm)
+
+        def applied(stats):
+            net(support, arch, stats.record())
+            return net(query, arch, stats.apply())
+
+        transductive, inductive = net(query, arch), applied(NormStatistics())
+        torch.testing.assert_close(applied(QueryAtLayers({0, 1})), transductive)
+        torch.testing.assert_close(applied(QueryAtLayers(set())), inductive)
+        last = applied(QueryAtLayers({1}))
+        assert (last - transductive).abs().max() > 1e-3 and (last - inductive).abs().max() > 1e-3
+        mean_only, var_only = applied(QueryAtLayers({1}, "mean")), applied(QueryAtLayers({1}, "var"))
+        assert (mean_only - last).abs().max() > 1e-3 and (var_only - last).abs().max() > 1e-3
+
+
+def test_norm_diagnosis_reproduces_eval_pys_two_figures_on_the_same_validation_tasks(tmp_path):
+    """The diagnosis adapts each task once and classifies it under every variant; its
+    transductive and support figures are eval.py's on the same tasks, and it names every layer."""
+    from bench import support_norm_diagnosis
+
+    run("train.py", *TINY, *logs(tmp_path, "diag"), "--trainer.max_epochs=1", "--test=false",
+        "--model.train_arch=reference")
+    ckpt = tmp_path / "diag" / "version_0" / "checkpoints" / "last.ckpt"
+    out, evaluated = tmp_path / "diagnosis.json", tmp_path / "eval.json"
+    assert support_norm_diagnosis.main(["--ckpt_path", str(ckpt), "--tasks", "6", "--bank", "4", "--out", str(out)]) == 0
+    run("eval.py", "--ckpt_path", str(ckpt), "--split", "val", "--data.val_tasks", "6", "--out", str(evaluated))
+    record, reference = json.loads(out.read_text())[0], json.loads(evaluated.read_text())
+    results = record["results"]
+    assert results["transductive"]["acc"] == pytest.approx(reference["acc_transductive"], abs=1e-4)
+    assert results["support"]["acc"] == pytest.approx(reference["acc_support"], abs=1e-4)
+    layers = len(Architecture.of(reference["arch"]).ops)
+    assert {f"query at layer {i}" for i in range(layers)} <= set(results)
+    assert "support + meta-training bank (4)" in results and "support + shifted views" in results
+    assert all(0 <= r["acc"] <= 1 and r["ci95"] >= 0 for r in results.values())
