@@ -2,7 +2,9 @@
 """Where one-image inference loses its accuracy: a checkpoint's validation tasks, adapted once
 each, then classified under variants of the statistics each normalisation layer uses.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/support_norm_diagnosis.py --ckpt_path RUN/checkpoints/epochNNN.ckpt
+    OMP_NUM_THREADS=1 .venv/bin/python bench/support_norm_diagnosis.py --ckpt_path RUN/checkpoints/epochNNN.ckpt \
+        --out bench/results/support_norm_diagnosis.json
+    .venv/bin/python bench/support_norm_diagnosis.py --table bench/results/support_norm_diagnosis.json
 
 Variants (the same adapted weights for every one; validation split only, nothing chosen here
 looks at test tasks):
@@ -120,13 +122,37 @@ def diagnose(model: MetaNASModule, data: EpisodicDataModule, tasks: int, bank: i
             for name, r in ((name, m.compute()) for name, m in metrics.items())}
 
 
+def table(records: list[dict]) -> str:
+    """The records as a markdown table: validation accuracy (%) under each variant."""
+    rows = ["| network (normalisation it was meta-trained with) | tasks | transductive | support (one image) "
+            "| query statistics at one layer, support's elsewhere | last layer: query mean only / variance only "
+            "| support + shifted views | support + meta-training bank |", "|" + " --- |" * 8]
+    for r in records:
+        res, pct = r["results"], lambda name: f"{100 * r['results'][name]['acc']:.2f}"
+        layers = sorted(int(k.rsplit(" ", 1)[1]) for k in res if k.startswith("query at layer"))
+        last = layers[-1]
+        per_layer = ", ".join(f"{i}: {pct(f'query at layer {i}')}" for i in layers)
+        bank = next((pct(k) for k in res if k.startswith("support + meta-training bank")), "—")
+        trained = "TaskNorm-I, support" if r["norm_layer"] == "task_norm_i" else f"BatchNorm, {r['norm']}"
+        rows.append(f"| `{r['arch']}` ({trained}) | {r['tasks']} | {pct('transductive')} | **{pct('support')}** "
+                    f"| {per_layer} | {pct(f'query mean only at layer {last}')} / {pct(f'query var only at layer {last}')} "
+                    f"| {pct('support + shifted views')} | {bank} |")
+    return "\n".join(rows)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ckpt_path", required=True)
+    parser.add_argument("--table", metavar="JSON", help="print the records of this file as a table and stop")
+    parser.add_argument("--ckpt_path")
     parser.add_argument("--tasks", type=int, default=600, help="validation tasks")
     parser.add_argument("--bank", type=int, default=75, help="meta-training images in the bank variant (0: none)")
     parser.add_argument("--out", default=None, help="append the record to this JSON list")
     args = parser.parse_args(argv)
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())))
+        return 0
+    if not args.ckpt_path:
+        parser.error("--ckpt_path is required (or --table JSON)")
     torch.manual_seed(0)
     checkpoint = read_checkpoint(args.ckpt_path)
     settings = data_settings(checkpoint)

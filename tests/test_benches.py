@@ -370,3 +370,5 @@ def test_norm_diagnosis_reproduces_eval_pys_two_figures_on_the_same_validation_t
     assert {f"query at layer {i}" for i in range(layers)} <= set(results)
     assert "support + meta-training bank (4)" in results and "support + shifted views" in results
     assert all(0 <= r["acc"] <= 1 and r["ci95"] >= 0 for r in results.values())
+    row = support_norm_diagnosis.table([record]).splitlines()[-1]
+    assert f"| 6 | {100 * results['transductive']['acc']:.2f} | **{100 * results['support']['acc']:.2f}** |" in row
