@@ -123,18 +123,27 @@ def norm_table(entries: list[dict]) -> str:
             today = {e["seed"]: e["acc"] for e in entries if e["setting"] == setting and e["arm"] == reference}
             today_one = [e["acc_inductive"] for e in entries
                          if e["setting"] == setting and e["arm"] == arm and e.get("acc_inductive") is not None]
+            # a pick trained alone is also set against itself trained alone as today (same seeds)
+            alone = {e["seed"]: e["acc"] for e in entries
+                     if arm == "search_pick" and e["setting"] == setting and e["arm"] == arm}
             seeds = sorted(support)
             one = [support[s]["acc"] for s in seeds]
             batch = [support[s]["acc_transductive"] for s in seeds if support[s].get("acc_transductive") is not None]
             paired = [support[s]["acc"] - today[s] for s in seeds if s in today]
+            paired_alone = [support[s]["acc"] - alone[s] for s in seeds if s in alone]
             per_seed = ", ".join(f"{s}: {100 * support[s]['acc']:.2f} ± {100 * support[s]['ci95']:.2f}"
                                  + (f" / {100 * today[s]:.2f}" if s in today else "") for s in seeds)
             name = {**ARMS, "search_pick": "searched pick, trained alone"}[arm] + (", TaskNorm-I" if suffix == "tasknorm" else "")
+            today_cell = spread(list(today.values())) if today else "—"
+            difference = f"{100 * statistics.fmean(paired):+.2f}" if paired else "—"
+            if alone:
+                today_cell += f"; the pick alone: {spread(list(alone.values()))}"
+                difference += f"; against the pick alone: {100 * statistics.fmean(paired_alone):+.2f}" if paired_alone else ""
             rows.append(f"| {label} | {name} | {', '.join(map(str, seeds))} | "
-                        f"{spread(list(today.values())) if today else '—'} | {spread(today_one) if today_one else '—'} | "
+                        f"{today_cell} | {spread(today_one) if today_one else '—'} | "
                         f"{spread(one)} | "
                         f"{spread(batch) if batch else '—'} | "
-                        f"{f'{100 * statistics.fmean(paired):+.2f}' if paired else '—'} | {per_seed} |")
+                        f"{difference} | {per_seed} |")
     if not rows:
         return ""
     return "\n".join([
