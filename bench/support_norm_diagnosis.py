@@ -17,7 +17,13 @@ looks at test tasks):
 * ``support + shifted views``: the support's, taken over the support images and four copies
   shifted by 2 pixels (a test-time augmentation);
 * ``support + meta-training bank``: the support's, taken over the support images and one image
-  of each of ``--bank`` meta-training classes (statistics nearer the whole data set's).
+  of each of ``--bank`` meta-training classes (statistics nearer the whole data set's);
+* ``support, weights before the last step`` / ``before adaptation``: the support's, recorded
+  under the inner loop's previous weights or the meta-weights (the adapted network has fitted
+  its support images: are their statistics under the final weights biased?).
+
+Also recorded: per layer, how the query batch's variance compares with the support images'
+(median over channels, then over tasks).
 
 For TaskNorm-I layers the statistics named are the task's moments that each image's own are
 blended with. Accuracy is the mean over tasks with its 95% interval.
@@ -27,6 +33,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -61,6 +68,21 @@ class QueryAtLayers(NormStatistics):
         return (own_mean if self.part != "var" else mean), (own_var if self.part != "mean" else var), n
 
 
+class StatisticsFrom(NormStatistics):
+    """Applies the pairs ``source`` recorded (another pass, e.g. under other weights)."""
+
+    def __init__(self, source: NormStatistics) -> None:
+        super().__init__()
+        self.source = source
+
+    def moments(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        layer = self._layer
+        mean, var, n = super().moments(y)
+        if self.recording:
+            return mean, var, n
+        return self.source.means[layer], self.source.variances[layer], n
+
+
 def shifted_views(x: torch.Tensor, pixels: int = 2) -> torch.Tensor:
     """``x`` and four copies shifted by ``pixels`` (circularly: Omniglot's borders are blank)."""
     shifts = [(0, 0), (pixels, 0), (-pixels, 0), (0, pixels), (0, -pixels)]
@@ -75,7 +97,9 @@ def meta_training_bank(data: EpisodicDataModule, size: int, seed: int = 0) -> to
     return torch.stack([torch.as_tensor(images.images[i]) for i in first]).float()
 
 
-def diagnose(model: MetaNASModule, data: EpisodicDataModule, tasks: int, bank: int) -> dict[str, dict]:
+def diagnose(model: MetaNASModule, data: EpisodicDataModule, tasks: int, bank: int) -> tuple[dict[str, dict], list[float]]:
+    """Accuracy under every variant, and per layer the median over tasks of the median over
+    channels of (the query batch's variance / the support images')."""
     adapter, arch = model.adapter, model.evaluated_architecture()
     names, _ = adapter.used(arch)
     supernet = adapter.threads.module()
@@ -83,60 +107,86 @@ def diagnose(model: MetaNASModule, data: EpisodicDataModule, tasks: int, bank: i
     data.setup("validate")
     bank_images = adapter.in_memory_layout(meta_training_bank(data, bank)) if bank else None
 
-    def logits(params, x: torch.Tensor, stats_from: Optional[torch.Tensor], norm: Optional[NormStatistics]):
-        call = lambda images, n: functional_call(supernet, dict(zip(names, params)), (images, arch, n),  # noqa: E731
-                                                 strict=False, tie_weights=False)
-        if norm is None:
-            return call(x, None)
-        call(stats_from, norm.record())
-        return call(x, norm.apply())
+    def call(params, images: torch.Tensor, norm: Optional[NormStatistics]) -> torch.Tensor:
+        return functional_call(supernet, dict(zip(names, params)), (images, arch, norm), strict=False, tie_weights=False)
 
+    def logits(params, x: torch.Tensor, stats_from: Optional[torch.Tensor], norm: Optional[NormStatistics]):
+        if norm is None:
+            return call(params, x, None)
+        call(params, stats_from, norm.record())
+        return call(params, x, norm.apply())
+
+    def recorded(params, images: torch.Tensor) -> NormStatistics:
+        stats = NormStatistics()
+        call(params, images, stats.record())
+        return stats
+
+    # each variant: (the inner loop's path of weights, query images, support images) -> logits
     variants: dict[str, Callable] = {
-        "transductive": lambda p, q, s: logits(p, q, None, None),
-        "support": lambda p, q, s: logits(p, q, s, NormStatistics()),
+        "transductive": lambda w, q, s: logits(w[-1], q, None, None),
+        "support": lambda w, q, s: logits(w[-1], q, s, NormStatistics()),
     }
     for layer in range(layers):
-        variants[f"query at layer {layer}"] = (lambda L: lambda p, q, s: logits(p, q, s, QueryAtLayers({L})))(layer)
+        variants[f"query at layer {layer}"] = (lambda L: lambda w, q, s: logits(w[-1], q, s, QueryAtLayers({L})))(layer)
     for part in ("mean", "var"):
         variants[f"query {part} only at layer {layers - 1}"] = (
-            lambda P: lambda p, q, s: logits(p, q, s, QueryAtLayers({layers - 1}, P)))(part)
-    variants["support + shifted views"] = lambda p, q, s: logits(p, q, adapter.in_memory_layout(shifted_views(s)),
+            lambda P: lambda w, q, s: logits(w[-1], q, s, QueryAtLayers({layers - 1}, P)))(part)
+    variants["support + shifted views"] = lambda w, q, s: logits(w[-1], q, adapter.in_memory_layout(shifted_views(s)),
                                                                  NormStatistics())
     if bank_images is not None:
-        variants[f"support + meta-training bank ({bank})"] = lambda p, q, s: logits(
-            p, q, torch.cat([s, bank_images]), NormStatistics())
+        variants[f"support + meta-training bank ({bank})"] = lambda w, q, s: logits(
+            w[-1], q, torch.cat([s, bank_images]), NormStatistics())
+    variants["support, weights before the last step"] = lambda w, q, s: logits(
+        w[-1], q, s, StatisticsFrom(recorded(w[-2], s)))
+    variants["support, weights before adaptation"] = lambda w, q, s: logits(
+        w[-1], q, s, StatisticsFrom(recorded(w[0], s)))
 
     metrics = {name: TaskAccuracy() for name in variants}
+    ratios: list[list[float]] = [[] for _ in range(layers)]
     seen = 0
     for batch in data.val_dataloader():
         for sx, sy, qx, qy in zip(*batch):
             if seen == tasks:
                 break
             sx, qx = adapter.in_memory_layout(sx), adapter.in_memory_layout(qx)
-            params = adapter.adapt(arch, itertools.repeat((sx, sy), model.meta.eval_inner_steps))[-1]
+            path = adapter.adapt(arch, itertools.repeat((sx, sy), model.meta.eval_inner_steps))
             with torch.no_grad():
                 for name, run in variants.items():
-                    metrics[name].update((run(params, qx, sx).argmax(-1) == qy).float().mean().reshape(1))
+                    metrics[name].update((run(path, qx, sx).argmax(-1) == qy).float().mean().reshape(1))
+                own_support, own_query = recorded(path[-1], sx), recorded(path[-1], qx)
+                for layer in range(layers):
+                    ratio = own_query.variances[layer] / own_support.variances[layer].clamp_min(1e-12)
+                    ratios[layer].append(float(ratio.median()))
             seen += 1
-    return {name: {"acc": round(float(r["acc"]), 4), "ci95": round(float(r["acc_ci95"]), 4)}
-            for name, r in ((name, m.compute()) for name, m in metrics.items())}
+    results = {name: {"acc": round(float(r["acc"]), 4), "ci95": round(float(r["acc_ci95"]), 4)}
+               for name, r in ((name, m.compute()) for name, m in metrics.items())}
+    return results, [round(statistics.median(r), 3) for r in ratios]
 
 
 def table(records: list[dict]) -> str:
     """The records as a markdown table: validation accuracy (%) under each variant."""
     rows = ["| network (normalisation it was meta-trained with) | tasks | transductive | support (one image) "
             "| query statistics at one layer, support's elsewhere | last layer: query mean only / variance only "
-            "| support + shifted views | support + meta-training bank |", "|" + " --- |" * 8]
+            "| support + shifted views | support + meta-training bank "
+            "| support under the weights before the last step / before adaptation "
+            "| query / support variance, last layer |", "|" + " --- |" * 10]
     for r in records:
-        res, pct = r["results"], lambda name: f"{100 * r['results'][name]['acc']:.2f}"
+        res = r["results"]
+
+        def pct(name: str) -> str:
+            return f"{100 * res[name]['acc']:.2f}" if name in res else "—"
+
         layers = sorted(int(k.rsplit(" ", 1)[1]) for k in res if k.startswith("query at layer"))
         last = layers[-1]
         per_layer = ", ".join(f"{i}: {pct(f'query at layer {i}')}" for i in layers)
         bank = next((pct(k) for k in res if k.startswith("support + meta-training bank")), "—")
         trained = "TaskNorm-I, support" if r["norm_layer"] == "task_norm_i" else f"BatchNorm, {r['norm']}"
+        ratio = f"{r['variance_ratio'][-1]:.2f}" if r.get("variance_ratio") else "—"
         rows.append(f"| `{r['arch']}` ({trained}) | {r['tasks']} | {pct('transductive')} | **{pct('support')}** "
                     f"| {per_layer} | {pct(f'query mean only at layer {last}')} / {pct(f'query var only at layer {last}')} "
-                    f"| {pct('support + shifted views')} | {bank} |")
+                    f"| {pct('support + shifted views')} | {bank} "
+                    f"| {pct('support, weights before the last step')} / {pct('support, weights before adaptation')} "
+                    f"| {ratio} |")
     return "\n".join(rows)
 
 
@@ -159,14 +209,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     settings["val_tasks"] = args.tasks
     data = EpisodicDataModule(**settings)
     model = MetaNASModule.load_from_checkpoint(args.ckpt_path, map_location="cpu", weights_only=True)
-    results = diagnose(model, data, args.tasks, args.bank)
+    results, variance_ratio = diagnose(model, data, args.tasks, args.bank)
     record = {"checkpoint": args.ckpt_path, "arch": str(model.evaluated_architecture()),
               "norm": model.adapter.norm, "norm_layer": model.meta.norm_layer, "tasks": args.tasks,
-              "steps": model.meta.eval_inner_steps, "results": results,
+              "steps": model.meta.eval_inner_steps, "results": results, "variance_ratio": variance_ratio,
               "command": "python bench/support_norm_diagnosis.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "commit": git_commit(), "machine": cpu_model()}
     for name, r in results.items():
         print(f"{name:40s} {100 * r['acc']:6.2f} ± {100 * r['ci95']:.2f}")
+    print("query / support variance by layer (medians):", variance_ratio)
     if args.out:
         existing = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else []
         save(Path(args.out), existing + [record])

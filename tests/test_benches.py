@@ -329,7 +329,7 @@ def test_norm_diagnosis_statistics_take_the_batchs_own_at_the_named_layers_only(
     at one layer differs from both (BatchNorm; TaskNorm-I at its initial blend)."""
     import torch
 
-    from bench.support_norm_diagnosis import QueryAtLayers
+    from bench.support_norm_diagnosis import QueryAtLayers, StatisticsFrom
     from lightning_metanas.ops import NormStatistics
     from lightning_metanas.supernet import SuperNet
 
@@ -351,6 +351,11 @@ def test_norm_diagnosis_statistics_take_the_batchs_own_at_the_named_layers_only(
         assert (last - transductive).abs().max() > 1e-3 and (last - inductive).abs().max() > 1e-3
         mean_only, var_only = applied(QueryAtLayers({1}, "mean")), applied(QueryAtLayers({1}, "var"))
         assert (mean_only - last).abs().max() > 1e-3 and (var_only - last).abs().max() > 1e-3
+        # another pass's pairs: the support's own give the support pass, the query's own the transductive one
+        for images, expected in ((support, inductive), (query, transductive)):
+            source = NormStatistics()
+            net(images, arch, source.record())
+            torch.testing.assert_close(applied(StatisticsFrom(source)), expected)
 
 
 def test_norm_diagnosis_reproduces_eval_pys_two_figures_on_the_same_validation_tasks(tmp_path):
@@ -370,7 +375,9 @@ def test_norm_diagnosis_reproduces_eval_pys_two_figures_on_the_same_validation_t
     assert results["support"]["acc"] == pytest.approx(reference["acc_support"], abs=1e-4)
     layers = len(Architecture.of(reference["arch"]).ops)
     assert {f"query at layer {i}" for i in range(layers)} <= set(results)
-    assert "support + meta-training bank (4)" in results and "support + shifted views" in results
+    assert {"support + meta-training bank (4)", "support + shifted views", "support, weights before the last step",
+            "support, weights before adaptation"} <= set(results)
+    assert len(record["variance_ratio"]) == layers and all(r > 0 for r in record["variance_ratio"])
     assert all(0 <= r["acc"] <= 1 and r["ci95"] >= 0 for r in results.values())
     row = support_norm_diagnosis.table([record]).splitlines()[-1]
     assert f"| 6 | {100 * results['transductive']['acc']:.2f} | **{100 * results['support']['acc']:.2f}** |" in row
