@@ -26,7 +26,9 @@ Also recorded: per layer, how the query batch's variance compares with the suppo
 (median over channels, then over tasks).
 
 For TaskNorm-I layers the statistics named are the task's moments that each image's own are
-blended with. Accuracy is the mean over tasks with its 95% interval.
+blended with, at the blend of the support's image count as in training (``transductive`` is the
+library's own batch pass, at the batch's count). Accuracy is the mean over tasks with its 95%
+interval.
 """
 from __future__ import annotations
 
@@ -97,9 +99,9 @@ def meta_training_bank(data: EpisodicDataModule, size: int, seed: int = 0) -> to
     return torch.stack([torch.as_tensor(images.images[i]) for i in first]).float()
 
 
-def diagnose(model: MetaNASModule, data: EpisodicDataModule, tasks: int, bank: int) -> tuple[dict[str, dict], list[float]]:
-    """Accuracy under every variant, and per layer the median over tasks of the median over
-    channels of (the query batch's variance / the support images')."""
+def diagnose(model: MetaNASModule, data: EpisodicDataModule, bank: int) -> tuple[dict[str, dict], list[float]]:
+    """Accuracy under every variant on ``data``'s validation tasks, and per layer the median over
+    tasks of the median over channels of (the query batch's variance / the support images')."""
     adapter, arch = model.adapter, model.evaluated_architecture()
     names, _ = adapter.used(arch)
     supernet = adapter.threads.module()
@@ -143,11 +145,8 @@ def diagnose(model: MetaNASModule, data: EpisodicDataModule, tasks: int, bank: i
 
     metrics = {name: TaskAccuracy() for name in variants}
     ratios: list[list[float]] = [[] for _ in range(layers)]
-    seen = 0
     for batch in data.val_dataloader():
         for sx, sy, qx, qy in zip(*batch):
-            if seen == tasks:
-                break
             sx, qx = adapter.in_memory_layout(sx), adapter.in_memory_layout(qx)
             path = adapter.adapt(arch, itertools.repeat((sx, sy), model.meta.eval_inner_steps))
             with torch.no_grad():
@@ -157,7 +156,6 @@ def diagnose(model: MetaNASModule, data: EpisodicDataModule, tasks: int, bank: i
                 for layer in range(layers):
                     ratio = own_query.variances[layer] / own_support.variances[layer].clamp_min(1e-12)
                     ratios[layer].append(float(ratio.median()))
-            seen += 1
     results = {name: {"acc": round(float(r["acc"]), 4), "ci95": round(float(r["acc_ci95"]), 4)}
                for name, r in ((name, m.compute()) for name, m in metrics.items())}
     return results, [round(statistics.median(r), 3) for r in ratios]
@@ -209,7 +207,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     settings["val_tasks"] = args.tasks
     data = EpisodicDataModule(**settings)
     model = MetaNASModule.load_from_checkpoint(args.ckpt_path, map_location="cpu", weights_only=True)
-    results, variance_ratio = diagnose(model, data, args.tasks, args.bank)
+    results, variance_ratio = diagnose(model, data, args.bank)
     record = {"checkpoint": args.ckpt_path, "arch": str(model.evaluated_architecture()),
               "norm": model.adapter.norm, "norm_layer": model.meta.norm_layer, "tasks": args.tasks,
               "steps": model.meta.eval_inner_steps, "results": results, "variance_ratio": variance_ratio,
