@@ -125,7 +125,7 @@ def norm_table(entries: list[dict]) -> str:
                          if e["setting"] == setting and e["arm"] == arm and e.get("acc_inductive") is not None]
             # a pick trained alone is also set against itself trained alone as today (same seeds)
             alone = {e["seed"]: e["acc"] for e in entries
-                     if arm == "search_pick" and e["setting"] == setting and e["arm"] == arm}
+                     if e["setting"] == setting and e["arm"] == arm} if arm == "search_pick" else {}
             seeds = sorted(support)
             one = [support[s]["acc"] for s in seeds]
             batch = [support[s]["acc_transductive"] for s in seeds if support[s].get("acc_transductive") is not None]

@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import cpu_model, git_commit, save  # noqa: E402
 from lightning_metanas.checkpoints import data_settings, read_checkpoint  # noqa: E402
 from lightning_metanas.data import EpisodicDataModule  # noqa: E402
+from lightning_metanas.functional import record_statistics  # noqa: E402
 from lightning_metanas.metrics import TaskAccuracy  # noqa: E402
 from lightning_metanas.module import MetaNASModule  # noqa: E402
 from lightning_metanas.ops import NormStatistics  # noqa: E402
@@ -119,9 +120,7 @@ def diagnose(model: MetaNASModule, data: EpisodicDataModule, bank: int) -> tuple
         return call(params, x, norm.apply())
 
     def recorded(params, images: torch.Tensor) -> NormStatistics:
-        stats = NormStatistics()
-        call(params, images, stats.record())
-        return stats
+        return record_statistics(supernet, arch, names, params, images)
 
     # each variant: (the inner loop's path of weights, query images, support images) -> logits
     variants: dict[str, Callable] = {
