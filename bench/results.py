@@ -18,6 +18,8 @@ the arms differ only in what they train:
   the way a deployed model classifies one image at a time;
 * ``<arm>_tasknorm`` (e.g. ``conv4_tasknorm``): as ``_support``, with TaskNorm-I layers
   (``--model.meta.norm_layer=task_norm_i``: the support statistics blended with each image's own);
+* ``<arm>_lastlayer``: as ``_support``, with a last layer that needs no task statistics
+  (``--model.meta.last_norm=layer``: each image layer-normalised there), where one image at a time loses most (RESULTS.md, "Where the gap sits");
 * ``search_pick`` (and ``search_pick_tasknorm``, ...): the architecture the ``search`` arm picked
   at the same setting and seed (read from ``--out``), meta-trained alone from scratch with the
   setting's budget: what a user does who searches once the usual way, then trains the pick for
@@ -62,6 +64,7 @@ SEARCH_FLAGS = {
 }
 BUDGET_FLAGS = {"flops3M": "--search.max_flops=3000000", "params40k": "--search.max_params=40000",
                 "latency_half": "--search.max_latency_vs_reference=0.5"}
+NORM_SUFFIXES = ("_support", "_tasknorm", "_lastlayer")
 ARM_NAMES = {"conv4": "Conv-4 (MAML baseline)", "largest": "largest network", "search": "searched"}
 # arms run only when named (not in the default --arms), in every setting
 EXTRA_ARMS = {"search_pick": "the searched arm's pick, trained alone"}
@@ -82,6 +85,9 @@ def arm_command(setting: str, arm: str, runs: Optional[Path] = None, seed: Optio
     if arm.endswith("_tasknorm"):  # support-set statistics blended with each image's own (TaskNorm-I)
         return arm_command(setting, arm.removesuffix("_tasknorm"), runs, seed, results) + [
             "--model.meta.norm=support", "--model.meta.norm_layer=task_norm_i"]
+    if arm.endswith("_lastlayer"):  # support statistics, and a last layer that needs none
+        return arm_command(setting, arm.removesuffix("_lastlayer"), runs, seed, results) + [
+            "--model.meta.norm=support", "--model.meta.last_norm=layer"]
     if arm.endswith("_support"):  # the same arm meta-trained and evaluated with support-set statistics
         return arm_command(setting, arm.removesuffix("_support"), runs, seed, results) + ["--model.meta.norm=support"]
     if arm == "search_pick":
@@ -111,8 +117,10 @@ def arm_command(setting: str, arm: str, runs: Optional[Path] = None, seed: Optio
 
 def base_arm(arm: str) -> str:
     """The arm without its normalisation suffix (``conv4_tasknorm`` -> ``conv4``): the budget arms
-    exist at 5-way 1-shot only, the others (and their ``_support`` / ``_tasknorm`` forms) everywhere."""
-    return arm.removesuffix("_support").removesuffix("_tasknorm")
+    exist at 5-way 1-shot only, the others (and their normalisation forms) everywhere."""
+    for suffix in NORM_SUFFIXES:
+        arm = arm.removesuffix(suffix)
+    return arm
 
 
 def zero_cost_rule() -> str:

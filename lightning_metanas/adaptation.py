@@ -218,7 +218,8 @@ def task_network(
         raise SettingsError(f"a task needs at least 2 classes, got {num_classes}")
     if init == "random":
         with seeding.torch_seeded(seed, "init"):
-            net = SuperNet(supernet.space, supernet.ways, supernet.in_channels, task_norm=supernet.task_norm)
+            net = SuperNet(supernet.space, supernet.ways, supernet.in_channels, task_norm=supernet.task_norm,
+                           last_norm=supernet.last_norm)
         net = net.to(supernet.head_weight.device)
     else:
         net = copy.deepcopy(supernet)

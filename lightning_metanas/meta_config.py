@@ -12,6 +12,8 @@ Norm = Literal["transductive", "support"]
 NORMS: tuple[str, ...] = ("transductive", "support")
 NormLayer = Literal["batch", "task_norm_i"]
 NORM_LAYERS: tuple[str, ...] = ("batch", "task_norm_i")
+LastNorm = Literal["task", "layer"]
+LAST_NORMS: tuple[str, ...] = ("task", "layer")
 
 
 @dataclass
@@ -49,6 +51,13 @@ class MetaConfig:
             the inner loop's; ``ops.blend_normalize``). Meant with ``norm=support``, where the
             five support images of a 5-way 1-shot task make noisy statistics. Saved, predicted
             and exported like a BatchNorm network (``standalone.StandaloneTaskNorm``).
+        last_norm: how the last layer (before the head) normalises: ``task`` (as every other
+            layer, with ``norm``'s statistics) or ``layer`` (each image over its own channels and
+            space, GroupNorm with one group: no task statistics). Why: one image at a time loses its accuracy at the last layer, whose
+            maps are 1x1 in 5-layer networks, so a 5-way 1-shot support set gives 5 values per
+            channel (RESULTS.md, "Where the gap sits"); a last layer that needs no task
+            statistics cannot lose there. (Without any normalisation there, a Conv-4's 5-way
+            query loss at initialisation was ~150 against ~6: the inner loop's step diverges.)
     """
 
     inner_lr: float = 0.4
@@ -63,6 +72,7 @@ class MetaConfig:
     workers: Optional[int] = None
     norm: Norm = "transductive"
     norm_layer: NormLayer = "batch"
+    last_norm: LastNorm = "task"
 
     def __post_init__(self) -> None:
         for name in ("inner_lr", "meta_lr", "fd_epsilon"):
@@ -83,3 +93,5 @@ class MetaConfig:
             raise SettingsError(f"model.meta.norm must be one of {list(NORMS)}, got {self.norm!r}")
         if self.norm_layer not in NORM_LAYERS:
             raise SettingsError(f"model.meta.norm_layer must be one of {list(NORM_LAYERS)}, got {self.norm_layer!r}")
+        if self.last_norm not in LAST_NORMS:
+            raise SettingsError(f"model.meta.last_norm must be one of {list(LAST_NORMS)}, got {self.last_norm!r}")

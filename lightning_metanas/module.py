@@ -96,7 +96,8 @@ class MetaNASModule(pl.LightningModule):
         self.tasks_per_arch = tasks_per_arch
         # two images (BatchNorm needs more than one value per channel once a map is 1x1)
         self.example_input_array = torch.zeros(2, image_channels, image_size, image_size)
-        self.supernet = SuperNet(search_space, ways, image_channels, task_norm=meta.norm_layer == "task_norm_i")
+        self.supernet = SuperNet(search_space, ways, image_channels, task_norm=meta.norm_layer == "task_norm_i",
+                                 last_norm=meta.last_norm)
         self.adapter = TaskAdapter.from_config(self.supernet, meta)
         self.sampler: ArchitectureSampler = self._initial_sampler(train_arch)
         self.eval_arch = self.load_architecture(eval_arch) if eval_arch else None

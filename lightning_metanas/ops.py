@@ -19,6 +19,11 @@ et al. 2020) blends them with each image's own (instance) statistics, ``alpha`` 
 and ``1 - alpha`` of the image's, ``alpha = sigmoid(a * n + b)`` learned per layer from the
 number ``n`` of images the task's statistics came from. An op built with ``task_norm=True``
 does this in every pass (``blend_normalize``): its parameters ``norm_blend = (a, b)``.
+
+A layer can also normalise without any task statistics (``own_normalize``): ``layer``, each
+image over its own channels and space. The SuperNet uses
+that for the last layer when ``meta.last_norm`` says so; such a layer records nothing in a
+``NormStatistics``.
 """
 from __future__ import annotations
 
@@ -90,6 +95,17 @@ class NormStatistics:
         return y * scale[:, None, None] + shift[:, None, None]
 
 
+OWN_NORMS = ("layer",)
+
+
+def own_normalize(y: torch.Tensor, kind: str, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``y`` normalised with nothing but itself, image by image: ``layer`` (layer normalisation
+    over channels and space, GroupNorm with one group, then the per-channel scale and shift)."""
+    if kind == "layer":
+        return F.group_norm(y, 1, weight, bias, BN_EPS)
+    raise ValueError(f"own normalisation must be one of {list(OWN_NORMS)}, got {kind!r}")
+
+
 def blend_weight(blend: torch.Tensor, n: int) -> torch.Tensor:
     """TaskNorm-I's ``alpha = sigmoid(a * n + b)``: how much of the task's statistics (taken
     over ``n`` images) an image is normalised with, the rest being its own."""
@@ -150,8 +166,13 @@ class SharedOp(nn.Module):
     def transform(self, x: torch.Tensor, c_out: int) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor, c_out: int, norm: Optional[NormStatistics] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c_out: int, norm: Optional[NormStatistics] = None,
+                own: Optional[str] = None) -> torch.Tensor:
+        """``own``: normalise with the image's own statistics alone (``own_normalize``), not the
+        task's; ``norm`` then records and applies nothing for this layer."""
         y = self.transform(x, c_out)
+        if own is not None:
+            return own_normalize(y, own, self.bn_weight[:c_out], self.bn_bias[:c_out])
         if self.norm_blend is not None:
             instance = instance_moments(y)
             if norm is None or norm.recording:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_metanas.ops import OPERATIONS, NormStatistics, downsample, pooled_size
+from lightning_metanas.ops import OPERATIONS, OWN_NORMS, NormStatistics, downsample, pooled_size
 from lightning_metanas.search_space import Architecture, SearchSpace
 
 
@@ -22,11 +22,18 @@ class SuperNet(nn.Module):
     which is why learn2learn's MAML must be built with ``allow_unused=True``.
     """
 
-    def __init__(self, space: SearchSpace, ways: int, in_channels: int = 1, task_norm: bool = False) -> None:
+    def __init__(self, space: SearchSpace, ways: int, in_channels: int = 1, task_norm: bool = False,
+                 last_norm: str = "task") -> None:
         """``task_norm``: every op normalises as TaskNorm-I (``ops.blend_normalize``), with two
-        more parameters per op."""
+        more parameters per op. ``last_norm``: ``task`` (the last layer of a subnet normalises
+        as the others), ``layer`` (with the image's own statistics alone,
+        ``ops.own_normalize``: meta.last_norm). Which slot is last depends on the subnet's depth,
+        so it is decided per pass, not per op."""
         super().__init__()
+        if last_norm != "task" and last_norm not in OWN_NORMS:
+            raise ValueError(f"last_norm must be one of {['task', *OWN_NORMS]}, got {last_norm!r}")
         self.space, self.ways, self.in_channels, self.task_norm = space, ways, in_channels, task_norm
+        self.last_norm = last_norm
         self.slots = nn.ModuleList()
         for i in range(space.max_depth):
             max_in = in_channels if i == 0 else space.max_width
@@ -41,8 +48,9 @@ class SuperNet(nn.Module):
         nn.init.xavier_uniform_(self.head_weight)
 
     def _layer_maps(self, x: torch.Tensor, arch: Architecture, norm: Optional[NormStatistics]):
-        for slot, op, width in zip(self.slots, arch.ops, arch.widths):
-            x = downsample(F.relu(slot[op](x, width, norm)))
+        last = len(arch.ops) - 1 if self.last_norm != "task" else -1
+        for i, (slot, op, width) in enumerate(zip(self.slots, arch.ops, arch.widths)):
+            x = downsample(F.relu(slot[op](x, width, norm, self.last_norm if i == last else None)))
             yield x
 
     def features(self, x: torch.Tensor, arch: Architecture, norm: Optional[NormStatistics] = None) -> torch.Tensor:
