@@ -109,13 +109,14 @@ def norm_table(entries: list[dict]) -> str:
     and arm: the arm as trained today (batch statistics, MAML's protocol; and one image at a time
     where its run recorded it), the same arm trained and tested with support statistics (one
     image at a time), and that run's batch-statistics figure of the same adapted weights. Arms
-    ``<arm>_tasknorm`` (TaskNorm-I layers: support statistics blended with each image's own) get
-    their own rows, named so. ``search_pick_*`` arms (the search arm's pick at the same seed, trained
+    ``<arm>_tasknorm`` (TaskNorm-I layers: support statistics blended with each image's own) and
+    ``<arm>_lastlayer`` (support statistics, the last layer layer-normalised) get their own rows,
+    named so. ``search_pick_*`` arms (the search arm's pick at the same seed, trained
     alone for deployment) are set against the search arm's figure; their "trained as today, one
     image at a time" is the pick trained alone as today (``search_pick``)."""
     rows = []
     for setting, (label, _, _) in SETTINGS.items():
-        for arm, suffix in itertools.product(("conv4", "search", "search_pick"), ("support", "tasknorm")):
+        for arm, suffix in itertools.product(("conv4", "search", "search_pick"), ("support", "tasknorm", "lastlayer")):
             support = {e["seed"]: e for e in entries if e["setting"] == setting and e["arm"] == f"{arm}_{suffix}"}
             if not support:
                 continue
@@ -133,7 +134,8 @@ def norm_table(entries: list[dict]) -> str:
             paired_alone = [support[s]["acc"] - alone[s] for s in seeds if s in alone]
             per_seed = ", ".join(f"{s}: {100 * support[s]['acc']:.2f} ± {100 * support[s]['ci95']:.2f}"
                                  + (f" / {100 * today[s]:.2f}" if s in today else "") for s in seeds)
-            name = {**ARMS, "search_pick": "searched pick, trained alone"}[arm] + (", TaskNorm-I" if suffix == "tasknorm" else "")
+            name = {**ARMS, "search_pick": "searched pick, trained alone"}[arm] + {
+                "tasknorm": ", TaskNorm-I", "lastlayer": ", last layer layer-normalised"}.get(suffix, "")
             today_cell = spread(list(today.values())) if today else "—"
             difference = f"{100 * statistics.fmean(paired):+.2f}" if paired else "—"
             if alone:
@@ -148,8 +150,8 @@ def norm_table(entries: list[dict]) -> str:
         return ""
     return "\n".join([
         "| setting | arm | seeds (support) | trained as today: batch statistics (today's figure) | "
-        "trained as today: one image at a time | trained with support statistics (BatchNorm, or TaskNorm-I where "
-        "named): **one image at a time** | "
+        "trained as today: one image at a time | trained with support statistics (BatchNorm, or TaskNorm-I / "
+        "a layer-normalised last layer where named): **one image at a time** | "
         "same weights, batch statistics | one image − today's figure (same seeds) | "
         "per seed: one image ± 95% / today's |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows])

@@ -2,7 +2,8 @@
 checkpoint, and runs on one image at a time.
 
 After adaptation the architecture is a plain network (``standalone.StandaloneNet``) whose
-BatchNorm layers (or TaskNorm-I's, for a network meta-trained with them) hold fixed statistics,
+BatchNorm layers (or TaskNorm-I's, for a network meta-trained with them) hold fixed statistics
+(a last layer meta-trained with ``meta.last_norm=layer`` holds none: it normalises each image alone),
 recorded over the task's own training images with the adapted weights: an image's prediction is then the same alone and in any batch (the meta-test's
 transductive protocol, which normalises each query batch with its own statistics, would make it
 depend on its batch-mates and cannot classify one image at all). The file also holds what a
@@ -87,7 +88,7 @@ class AdaptedModel:
             "class_names": list(self.class_names),
             "preprocessing": asdict(self.preprocessing),
             "input": {"channels": self.net.in_channels, "image_size": self.net.image_size,
-                      "task_norm": self.net.task_norm},
+                      "task_norm": self.net.task_norm, "last_norm": self.net.last_norm},
             "info": self.info,
             "state_dict": {k: v.detach().cpu().clone() for k, v in self.net.state_dict().items()},
         }, path)
@@ -111,7 +112,8 @@ class AdaptedModel:
             names = [str(n) for n in data["class_names"]]
             pre = Preprocessing(**data["preprocessing"])
             net = StandaloneNet(arch, int(data["input"]["channels"]), int(data["input"]["image_size"]), len(names),
-                                task_norm=bool(data["input"].get("task_norm", False)))
+                                task_norm=bool(data["input"].get("task_norm", False)),
+                                last_norm=str(data["input"].get("last_norm", "task")))
         except (ArchitectureError, TypeError, KeyError, ValueError, NotImplementedError) as err:
             raise ModelFileError(f"{flag} {path}: unreadable model description ({err})") from None
         try:

@@ -61,9 +61,13 @@ def export(net: StandaloneNet, path: str | Path, fmt: Format, fixed_statistics: 
     example = torch.zeros(2, net.in_channels, net.image_size, net.image_size)
     if fmt == "pytorch":
         torch.save({"arch": net.arch.to_dict(), "in_channels": net.in_channels, "image_size": net.image_size,
-                    "ways": net.ways, "state_dict": net.state_dict()}, path)
+                    "ways": net.ways, "task_norm": net.task_norm, "last_norm": net.last_norm,
+                    "state_dict": net.state_dict()}, path)
     elif fmt == "torchscript":
-        with torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad():
+            # GroupNorm (a layer-normalised last layer) checks its input size in Python: a
+            # check for one value per group, which a traced network never meets again
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module="torch.nn.functional")
             torch.jit.trace(net, example).save(str(path))
     elif fmt == "onnx":
         if not fixed_statistics:

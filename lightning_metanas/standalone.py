@@ -43,13 +43,20 @@ class StandaloneTaskNorm(nn.BatchNorm2d):
 
 
 class StandaloneLayer(nn.Module):
-    """``op -> BatchNorm (or TaskNorm-I) -> ReLU [-> 2x2 max pool]``, as one layer of
-    ``SuperNet.features``."""
+    """``op -> BatchNorm (or TaskNorm-I, or layer norm) -> ReLU [-> 2x2 max pool]``, as one layer
+    of ``SuperNet.features``. ``own_norm="layer"``: normalised with each image's own statistics
+    (``ops.own_normalize``, GroupNorm with one group), so the layer holds no task statistics."""
 
-    def __init__(self, op: str, c_in: int, c_out: int, pool: bool, task_norm: bool = False) -> None:
+    def __init__(self, op: str, c_in: int, c_out: int, pool: bool, task_norm: bool = False,
+                 own_norm: Optional[str] = None) -> None:
         super().__init__()
         self.transform = _transform(op, c_in, c_out)
-        self.norm = StandaloneTaskNorm(c_out) if task_norm else nn.BatchNorm2d(c_out, eps=BN_EPS)
+        if own_norm == "layer":
+            self.norm: nn.Module = nn.GroupNorm(1, c_out, eps=BN_EPS)
+        elif own_norm is not None:
+            raise ValueError(f"own_norm must be 'layer' or None, got {own_norm!r}")
+        else:
+            self.norm = StandaloneTaskNorm(c_out) if task_norm else nn.BatchNorm2d(c_out, eps=BN_EPS)
         self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,15 +66,20 @@ class StandaloneLayer(nn.Module):
 class StandaloneNet(nn.Module):
     """``arch`` for ``in_channels`` x ``image_size`` x ``image_size`` images and ``ways``
     classes. Built with fresh weights; ``from_supernet`` copies a SuperNet's (or adapted) ones.
-    ``task_norm``: TaskNorm-I layers (``StandaloneTaskNorm``) where a plain one has BatchNorm."""
+    ``task_norm``: TaskNorm-I layers (``StandaloneTaskNorm``) where a plain one has BatchNorm.
+    ``last_norm="layer"``: the last layer normalises each image alone (``meta.last_norm``)."""
 
-    def __init__(self, arch: Architecture, in_channels: int, image_size: int, ways: int, task_norm: bool = False) -> None:
+    def __init__(self, arch: Architecture, in_channels: int, image_size: int, ways: int, task_norm: bool = False,
+                 last_norm: str = "task") -> None:
         super().__init__()
+        if last_norm not in ("task", "layer"):
+            raise ValueError(f"last_norm must be 'task' or 'layer', got {last_norm!r}")
         self.arch, self.in_channels, self.image_size, self.ways = arch, in_channels, image_size, ways
-        self.task_norm = task_norm
+        self.task_norm, self.last_norm = task_norm, last_norm
         layers, c_in, size = [], in_channels, image_size
-        for op, width in zip(arch.ops, arch.widths):
-            layers.append(StandaloneLayer(op, c_in, width, pool=size >= 2, task_norm=task_norm))
+        for i, (op, width) in enumerate(zip(arch.ops, arch.widths)):
+            own = last_norm if last_norm != "task" and i == len(arch.ops) - 1 else None
+            layers.append(StandaloneLayer(op, c_in, width, pool=size >= 2, task_norm=task_norm, own_norm=own))
             c_in, size = width, pooled_size(size)
         self.layers = nn.Sequential(*layers)
         self.head = nn.Linear(c_in, ways)
@@ -85,7 +97,8 @@ class StandaloneNet(nn.Module):
         own parameters, or ``params`` in the order of ``supernet.parameters_of(arch)`` (adapted
         weights); BatchNorm statistics from ``stats`` (recorded on support images), else
         mean 0 and variance 1 until ``set_statistics`` is called."""
-        net = cls(arch, supernet.in_channels, image_size, supernet.ways, task_norm=supernet.task_norm)
+        net = cls(arch, supernet.in_channels, image_size, supernet.ways, task_norm=supernet.task_norm,
+                  last_norm=supernet.last_norm)
         named = supernet.parameters_of(arch)
         tensors = dict(zip((n for n, _ in named), params if params is not None else (p for _, p in named)))
         c_in = supernet.in_channels
@@ -95,7 +108,7 @@ class StandaloneNet(nn.Module):
                 _copy_transform(layer.transform, op, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, c_in, width)
                 layer.norm.weight.copy_(tensors[prefix + "bn_weight"][:width])
                 layer.norm.bias.copy_(tensors[prefix + "bn_bias"][:width])
-                if net.task_norm:
+                if isinstance(layer.norm, StandaloneTaskNorm):
                     layer.norm.blend.copy_(tensors[prefix + "norm_blend"])
                 c_in = width
             net.head.weight.copy_(tensors["head_weight"][:, :c_in])
@@ -104,12 +117,18 @@ class StandaloneNet(nn.Module):
             net.set_statistics(stats)
         return net
 
+    def task_norm_layers(self) -> list[StandaloneLayer]:
+        """The layers that normalise with a task's statistics (all but a layer-normalised last one)."""
+        return [layer for layer in self.layers if isinstance(layer.norm, nn.BatchNorm2d)]
+
     def set_statistics(self, stats: NormStatistics) -> None:
-        """Every BatchNorm's running mean and variance from ``stats`` (one pair per layer)."""
-        if len(stats.means) != len(self.layers):
-            raise ValueError(f"statistics of {len(stats.means)} layers for a network of {len(self.layers)}")
+        """Every BatchNorm's running mean and variance from ``stats`` (one pair per layer that
+        takes a task's statistics)."""
+        layers = self.task_norm_layers()
+        if len(stats.means) != len(layers):
+            raise ValueError(f"statistics of {len(stats.means)} layers for a network with {len(layers)} that take them")
         with torch.no_grad():
-            for layer, mean, var, n in zip(self.layers, stats.means, stats.variances, stats.counts):
+            for layer, mean, var, n in zip(layers, stats.means, stats.variances, stats.counts):
                 layer.norm.running_mean.copy_(mean.detach().reshape(-1))
                 layer.norm.running_var.copy_(var.detach().reshape(-1))
                 if self.task_norm:

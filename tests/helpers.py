@@ -55,11 +55,12 @@ ARCHS = [
 MODES = ("first_order", "second_order", "finite_difference")
 
 
-def small_supernet(dtype=torch.float32, seed=0, task_norm=False):
+def small_supernet(dtype=torch.float32, seed=0, task_norm=False, last_norm="task"):
     """``task_norm``: TaskNorm-I layers, their blends set away from (0, 0) (one half, where a
-    mistake that swaps the task's and the image's statistics would not show)."""
+    mistake that swaps the task's and the image's statistics would not show). ``last_norm``:
+    as ``SuperNet``'s."""
     torch.manual_seed(seed)
-    net = SuperNet(SPACE, ways=5, in_channels=1, task_norm=task_norm).to(dtype)
+    net = SuperNet(SPACE, ways=5, in_channels=1, task_norm=task_norm, last_norm=last_norm).to(dtype)
     with torch.no_grad():
         for i, p in enumerate(p for n, p in net.named_parameters() if n.endswith("norm_blend")):
             p.copy_(torch.tensor([0.1 * (i % 3), 0.3 - 0.2 * (i % 2)]))

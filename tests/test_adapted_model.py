@@ -29,11 +29,11 @@ ARCH = Architecture(("conv3x3", "max_pool3x3", "sep_conv3x3"), (16, 8, 16))
 PRE = Preprocessing(image_size=28, channels=1, invert=False, mean=[0.1], std=[0.3])
 
 
-def _adapted(tmp_path_factory, task_norm):
+def _adapted(tmp_path_factory, task_norm, last_norm="task"):
     root = tmp_path_factory.mktemp("task")
     folder = write_shapes(root / "shapes", per_class=6)
     torch.manual_seed(0)
-    supernet = SuperNet(SPACE, ways=4, task_norm=task_norm)
+    supernet = SuperNet(SPACE, ways=4, task_norm=task_norm, last_norm=last_norm)
     with torch.no_grad():  # a blend other than one half, so a file that lost it would show
         for name, p in supernet.named_parameters():
             if name.endswith("norm_blend"):
@@ -56,7 +56,14 @@ def adapted_task_norm(tmp_path_factory):
     return _adapted(tmp_path_factory, task_norm=True)
 
 
-BOTH = pytest.mark.parametrize("which", ["adapted", "adapted_task_norm"])
+@pytest.fixture(scope="module")
+def adapted_last_layer(tmp_path_factory):
+    """The same from a SuperNet whose last layer normalises each image alone
+    (``model.meta.last_norm=layer``)."""
+    return _adapted(tmp_path_factory, task_norm=False, last_norm="layer")
+
+
+BOTH = pytest.mark.parametrize("which", ["adapted", "adapted_task_norm", "adapted_last_layer"])
 
 
 @BOTH
@@ -90,6 +97,9 @@ def test_saved_model_loads_in_a_fresh_process_with_the_same_logits(which, reques
     assert again.class_names == result.model.class_names == ["disc", "frame", "hbars", "vbars"]
     assert again.preprocessing == PRE and again.arch == ARCH
     assert again.net.task_norm == (which == "adapted_task_norm")
+    assert again.net.last_norm == ("layer" if which == "adapted_last_layer" else "task")
+    norms = [type(layer.norm).__name__ for layer in again.net.layers]
+    assert norms[-1] == ("GroupNorm" if which == "adapted_last_layer" else norms[0])
 
 
 @BOTH

@@ -165,6 +165,10 @@ def test_search_pick_arms_train_the_searched_arms_pick_of_the_same_setting_and_s
     assert flags[2].startswith("--model.train_arch=") and str(Architecture.load(arch_file)) == label
     with pytest.raises(SystemExit, match="no search run at 20w1s seed 2"):
         results.arm_command("20w1s", "search_pick", tmp_path, 2, out)
+    flags = results.arm_command("20w1s", "search_pick_lastlayer", tmp_path, 1, out)
+    assert flags[-2:] == ["--model.meta.norm=support", "--model.meta.last_norm=layer"]
+    assert str(Architecture.load(flags[2].split("=", 1)[1])) == label
+    assert results.base_arm("conv4_lastlayer") == "conv4" and results.base_arm("search_pick_tasknorm") == "search_pick"
 
 
 def test_results_table_gives_mean_and_sd_over_seeds_and_marks_figures_not_rerun(tmp_path, capsys):
@@ -206,11 +210,13 @@ def test_results_table_sets_support_trained_one_image_accuracy_against_todays_ba
     assert "| 0, 1 | **91.00** ± 1.41 | **85.00** (1 seed) | **88.50** ± 2.12 | **90.50** ± 1.41 | -2.50 |" in row
     assert "0: 87.00 ± 1.00 / 90.00, 1: 90.00 ± 1.00 / 92.00 |" in row
     path.write_text(json.dumps([entry("conv4", 0, 0.90), entry("conv4_support", 0, 0.87, acc_transductive=0.9),
-                                entry("conv4_tasknorm", 0, 0.895, acc_transductive=0.91)]))
+                                entry("conv4_tasknorm", 0, 0.895, acc_transductive=0.91),
+                                entry("conv4_lastlayer", 0, 0.905, acc_transductive=0.91)]))
     assert results_table.main(["--norm", str(path)]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 5-way 1-shot | Conv-4")]
     assert rows[0].startswith("| 5-way 1-shot | Conv-4 | 0 |") and "| -3.00 |" in rows[0]
     assert rows[1].startswith("| 5-way 1-shot | Conv-4, TaskNorm-I | 0 |") and "| -0.50 |" in rows[1]
+    assert rows[2].startswith("| 5-way 1-shot | Conv-4, last layer layer-normalised | 0 |") and "| +0.50 |" in rows[2]
     path.write_text(json.dumps([entry("search", 0, 0.95), entry("search_pick", 0, 0.94, acc_inductive=0.88),
                                 entry("search_pick_tasknorm", 0, 0.92, acc_transductive=0.94)]))
     assert results_table.main(["--norm", str(path)]) == 0

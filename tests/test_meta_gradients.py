@@ -296,14 +296,19 @@ def test_inner_loop_reproduces_its_recorded_numbers_on_every_way_of_running_task
                 assert [float(v) for v in now[key][name]] == pytest.approx([float(v) for v in values], rel=1e-6), (key, name)
 
 
-@pytest.mark.parametrize("task_norm", [False, True], ids=["batch_norm", "task_norm_i"])
+NORM_KINDS = pytest.mark.parametrize("task_norm, last_norm", [(False, "task"), (True, "task"), (False, "layer")],
+                                     ids=["batch_norm", "task_norm_i", "last_layer_norm"])
+
+
+@NORM_KINDS
 @pytest.mark.parametrize("mode", MODES)
-def test_support_normalisation_is_the_batch_one_when_the_query_is_the_support(mode, task_norm):
+def test_support_normalisation_is_the_batch_one_when_the_query_is_the_support(mode, task_norm, last_norm):
     """Under ``norm=support`` a query image is normalised with the support images' statistics;
     when the query batch *is* the support batch the two coincide, so the meta-gradients (which
     differentiate through those statistics) must too: the support path is the same maths (with
-    TaskNorm-I layers too, which blend them with each image's own)."""
-    net = small_supernet(torch.float64, task_norm=task_norm)
+    TaskNorm-I layers too, which blend them with each image's own, and with a last layer that
+    takes no task statistics)."""
+    net = small_supernet(torch.float64, task_norm=task_norm, last_norm=last_norm)
     support, _ = one_task(seed=4, dtype=torch.float64)
     grads = {}
     for norm in ("transductive", "support"):
@@ -312,9 +317,9 @@ def test_support_normalisation_is_the_batch_one_when_the_query_is_the_support(mo
     torch.testing.assert_close(grads["support"], grads["transductive"], rtol=1e-7, atol=1e-9)
 
 
-@pytest.mark.parametrize("task_norm", [False, True], ids=["batch_norm", "task_norm_i"])
-def test_support_normalisation_runs_the_same_per_task_and_vectorised(task_norm):
-    net = small_supernet(torch.float64, task_norm=task_norm)
+@NORM_KINDS
+def test_support_normalisation_runs_the_same_per_task_and_vectorised(task_norm, last_norm):
+    net = small_supernet(torch.float64, task_norm=task_norm, last_norm=last_norm)
     batch = tuple(t.double() if t.is_floating_point() else t for t in task_batch(tasks=4, seed=9))
     results = [TaskAdapter(net, 0.3, norm="support", workers=1, vectorize=v).meta_batch_gradient(
         [ARCHS[1]] * 4, batch, 2, "first_order") for v in (False, True)]

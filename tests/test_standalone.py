@@ -4,6 +4,7 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lightning_metanas.functional import UsedParameters, record_statistics, subnet_function
 from lightning_metanas.latency import LatencyTable
@@ -16,9 +17,9 @@ from lightning_metanas.supernet import SuperNet
 SPACE = SearchSpace(widths=(8, 16), depths=(2, 3, 4))
 
 
-def _net(seed=0, channels=1, task_norm=False):
+def _net(seed=0, channels=1, task_norm=False, last_norm="task"):
     torch.manual_seed(seed)
-    net = SuperNet(SPACE, ways=4, in_channels=channels, task_norm=task_norm)
+    net = SuperNet(SPACE, ways=4, in_channels=channels, task_norm=task_norm, last_norm=last_norm)
     with torch.no_grad():  # BatchNorm affine parameters (and TaskNorm-I's blend) away from 1 and 0, so they matter
         for name, p in net.named_parameters():
             if name.endswith(("bn_weight", "bn_bias", "norm_blend")):
@@ -56,9 +57,10 @@ def test_support_normalised_prediction_of_an_image_is_the_same_alone_and_in_any_
     assert not torch.allclose(transductive, batch, atol=1e-3)  # the batch's own statistics differ
 
 
-@pytest.mark.parametrize("channels, task_norm", [(1, False), (3, False), (1, True), (3, True)])
-def test_standalone_network_equals_the_subnet_with_support_statistics(channels, task_norm):
-    net = _net(channels=channels, task_norm=task_norm)
+@pytest.mark.parametrize("channels, task_norm, last_norm", [
+    (1, False, "task"), (3, False, "task"), (1, True, "task"), (3, True, "task"), (1, False, "layer"), (3, True, "layer")])
+def test_standalone_network_equals_the_subnet_with_support_statistics(channels, task_norm, last_norm):
+    net = _net(channels=channels, task_norm=task_norm, last_norm=last_norm)
     support, queries = torch.randn(5, channels, 14, 14), torch.randn(7, channels, 14, 14)
     for arch in _archs():
         names, params = UsedParameters(net)(arch)
@@ -72,7 +74,25 @@ def test_standalone_network_equals_the_subnet_with_support_statistics(channels, 
         # TaskNorm-I's blend is fixed after adaptation: a buffer of the standalone layer, not a parameter
         assert standalone.num_parameters() == net.num_parameters(arch) - (2 * arch.depth if task_norm else 0)
         assert not any(isinstance(m, SuperNet) for m in standalone.modules())
+        assert len(stats.means) == arch.depth - (last_norm == "layer")  # a layer-normalised last layer records none
 
+
+def test_a_layer_normalised_last_layer_depends_on_the_image_alone():
+    """``last_norm=layer``: the last layer's output for an image is the same whatever the batch
+    and whatever statistics the other layers use, and it equals GroupNorm with one group."""
+    net = _net(last_norm="layer")
+    x = torch.randn(6, 1, 14, 14)
+    for arch in _archs():
+        maps = list(net._layer_maps(x, arch, None))
+        before = maps[-2] if arch.depth > 1 else x
+        op = net.slots[arch.depth - 1][arch.ops[-1]]
+        y = op.transform(before, arch.widths[-1])
+        want = F.group_norm(y, 1, op.bn_weight[: arch.widths[-1]], op.bn_bias[: arch.widths[-1]], 1e-5)
+        got = op(before, arch.widths[-1], None, "layer")
+        assert torch.allclose(got, want, atol=1e-6)
+        assert torch.allclose(op(before[:1], arch.widths[-1], None, "layer"), want[:1], atol=1e-6)
+        # the SuperNet uses it at the last layer only: batch statistics there would differ
+        assert not torch.allclose(op(before, arch.widths[-1]), want, atol=1e-3)
 
 def test_evaluation_under_both_norms_shares_one_adaptation_and_matches_each_alone():
     net = _net()
