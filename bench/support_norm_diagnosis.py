@@ -25,7 +25,8 @@ looks at test tasks):
 Also recorded: per layer, how the query batch's variance compares with the support images'
 (median over channels, then over tasks).
 
-For TaskNorm-I layers the statistics named are the task's moments that each image's own are
+Layers are those that take a task's statistics: a last layer meta-trained layer-normalised
+(``meta.last_norm=layer``) takes none and is left out. For TaskNorm-I layers the statistics named are the task's moments that each image's own are
 blended with, at the blend of the support's image count as in training (``transductive`` is the
 library's own batch pass, at the batch's count). Accuracy is the mean over tasks with its 95%
 interval.
@@ -106,7 +107,8 @@ def diagnose(model: MetaNASModule, data: EpisodicDataModule, bank: int) -> tuple
     adapter, arch = model.adapter, model.evaluated_architecture()
     names, _ = adapter.used(arch)
     supernet = adapter.threads.module()
-    layers = len(arch.ops)
+    # the layers that take a task's statistics: all but a layer-normalised last one (meta.last_norm)
+    layers = len(arch.ops) - (supernet.last_norm != "task")
     data.setup("validate")
     bank_images = adapter.in_memory_layout(meta_training_bank(data, bank)) if bank else None
 
@@ -178,6 +180,8 @@ def table(records: list[dict]) -> str:
         per_layer = ", ".join(f"{i}: {pct(f'query at layer {i}')}" for i in layers)
         bank = next((pct(k) for k in res if k.startswith("support + meta-training bank")), "—")
         trained = "TaskNorm-I, support" if r["norm_layer"] == "task_norm_i" else f"BatchNorm, {r['norm']}"
+        if r.get("last_norm", "task") != "task":
+            trained += f", last layer {r['last_norm']}-normalised"
         ratio = f"{r['variance_ratio'][-1]:.2f}" if r.get("variance_ratio") else "—"
         rows.append(f"| `{r['arch']}` ({trained}) | {r['tasks']} | {pct('transductive')} | **{pct('support')}** "
                     f"| {per_layer} | {pct(f'query mean only at layer {last}')} / {pct(f'query var only at layer {last}')} "
@@ -208,7 +212,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     model = MetaNASModule.load_from_checkpoint(args.ckpt_path, map_location="cpu", weights_only=True)
     results, variance_ratio = diagnose(model, data, args.bank)
     record = {"checkpoint": args.ckpt_path, "arch": str(model.evaluated_architecture()),
-              "norm": model.adapter.norm, "norm_layer": model.meta.norm_layer, "tasks": args.tasks,
+              "norm": model.adapter.norm, "norm_layer": model.meta.norm_layer, "last_norm": model.meta.last_norm,
+              "tasks": args.tasks,
               "steps": model.meta.eval_inner_steps, "results": results, "variance_ratio": variance_ratio,
               "command": "python bench/support_norm_diagnosis.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "commit": git_commit(), "machine": cpu_model()}

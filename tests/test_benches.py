@@ -364,13 +364,15 @@ def test_norm_diagnosis_statistics_take_the_batchs_own_at_the_named_layers_only(
             torch.testing.assert_close(applied(StatisticsFrom(source)), expected)
 
 
-def test_norm_diagnosis_reproduces_eval_pys_two_figures_on_the_same_validation_tasks(tmp_path):
+@pytest.mark.parametrize("last_norm", ["task", "layer"])
+def test_norm_diagnosis_reproduces_eval_pys_two_figures_on_the_same_validation_tasks(tmp_path, last_norm):
     """The diagnosis adapts each task once and classifies it under every variant; its
-    transductive and support figures are eval.py's on the same tasks, and it names every layer."""
+    transductive and support figures are eval.py's on the same tasks, and it names every layer
+    that takes a task's statistics (not a layer-normalised last one)."""
     from bench import support_norm_diagnosis
 
     run("train.py", *TINY, *logs(tmp_path, "diag"), "--trainer.max_epochs=1", "--test=false",
-        "--model.train_arch=reference")
+        "--model.train_arch=reference", f"--model.meta.last_norm={last_norm}")
     ckpt = tmp_path / "diag" / "version_0" / "checkpoints" / "last.ckpt"
     out, evaluated = tmp_path / "diagnosis.json", tmp_path / "eval.json"
     assert support_norm_diagnosis.main(["--ckpt_path", str(ckpt), "--tasks", "6", "--bank", "4", "--out", str(out)]) == 0
@@ -379,11 +381,13 @@ def test_norm_diagnosis_reproduces_eval_pys_two_figures_on_the_same_validation_t
     results = record["results"]
     assert results["transductive"]["acc"] == pytest.approx(reference["acc_transductive"], abs=1e-4)
     assert results["support"]["acc"] == pytest.approx(reference["acc_support"], abs=1e-4)
-    layers = len(Architecture.of(reference["arch"]).ops)
+    layers = len(Architecture.of(reference["arch"]).ops) - (last_norm == "layer")
     assert {f"query at layer {i}" for i in range(layers)} <= set(results)
+    assert f"query at layer {layers}" not in results
     assert {"support + meta-training bank (4)", "support + shifted views", "support, weights before the last step",
             "support, weights before adaptation"} <= set(results)
     assert len(record["variance_ratio"]) == layers and all(r > 0 for r in record["variance_ratio"])
     assert all(0 <= r["acc"] <= 1 and r["ci95"] >= 0 for r in results.values())
     row = support_norm_diagnosis.table([record]).splitlines()[-1]
     assert f"| 6 | {100 * results['transductive']['acc']:.2f} | **{100 * results['support']['acc']:.2f}** |" in row
+    assert ("last layer layer-normalised" in row) == (last_norm == "layer")
