@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_metanas.ops import BN_EPS, NormStatistics, batch_moments, blend_normalize, instance_moments, pooled_size
+from lightning_metanas.ops import BN_EPS, OWN_NORMS, NormStatistics, batch_moments, blend_normalize, instance_moments, pooled_size
 from lightning_metanas.search_space import Architecture
 from lightning_metanas.supernet import SuperNet
 
@@ -51,10 +51,10 @@ class StandaloneLayer(nn.Module):
                  own_norm: Optional[str] = None) -> None:
         super().__init__()
         self.transform = _transform(op, c_in, c_out)
-        if own_norm == "layer":
+        if own_norm == "layer":  # ops.OWN_NORMS
             self.norm: nn.Module = nn.GroupNorm(1, c_out, eps=BN_EPS)
         elif own_norm is not None:
-            raise ValueError(f"own_norm must be 'layer' or None, got {own_norm!r}")
+            raise ValueError(f"own_norm must be one of {list(OWN_NORMS)} or None, got {own_norm!r}")
         else:
             self.norm = StandaloneTaskNorm(c_out) if task_norm else nn.BatchNorm2d(c_out, eps=BN_EPS)
         self.pool = nn.MaxPool2d(2) if pool else nn.Identity()
@@ -72,8 +72,8 @@ class StandaloneNet(nn.Module):
     def __init__(self, arch: Architecture, in_channels: int, image_size: int, ways: int, task_norm: bool = False,
                  last_norm: str = "task") -> None:
         super().__init__()
-        if last_norm not in ("task", "layer"):
-            raise ValueError(f"last_norm must be 'task' or 'layer', got {last_norm!r}")
+        if last_norm not in ("task", *OWN_NORMS):
+            raise ValueError(f"last_norm must be one of {['task', *OWN_NORMS]}, got {last_norm!r}")
         self.arch, self.in_channels, self.image_size, self.ways = arch, in_channels, image_size, ways
         self.task_norm, self.last_norm = task_norm, last_norm
         layers, c_in, size = [], in_channels, image_size
