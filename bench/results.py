@@ -33,6 +33,7 @@ side by side in lanes (one torch thread each); each is appended to ``--out`` whe
     .venv/bin/python bench/results.py                              # the four settings, three arms, seeds 0-2
     .venv/bin/python bench/results.py --arms largest --seeds 0 1 2
     .venv/bin/python bench/results.py --settings 5w1s --arms search_flops3M zero_cost_flops3M
+    .venv/bin/python bench/results.py --settings 5w1s --arms conv4 conv4_support --seeds 0 --epochs 28
     .venv/bin/python bench/results_table.py
 """
 from __future__ import annotations
@@ -141,10 +142,15 @@ def seed_flags(seed: int) -> list[str]:
     return [f"--seed_everything={seed}"]
 
 
+def epoch_flags(epochs: Optional[int]) -> list[str]:
+    """Another meta-training budget than the setting's config (``--epochs``)."""
+    return [] if epochs is None else [f"--trainer.max_epochs={epochs}"]
+
+
 def run_one(setting: str, arm: str, seed: int, args: argparse.Namespace) -> Optional[dict]:
-    name = f"{setting}_{arm}_seed{seed}"
+    name = f"{setting}_{arm}_seed{seed}" + (f"_{args.epochs}ep" if args.epochs is not None else "")
     runs = Path(args.runs)
-    flags = arm_command(setting, arm, runs, seed, Path(args.out)) + seed_flags(seed)
+    flags = arm_command(setting, arm, runs, seed, Path(args.results)) + seed_flags(seed) + epoch_flags(args.epochs)
     run, _ = run_train(flags, runs / name, runs, name)
     if run is None:
         return None
@@ -164,7 +170,7 @@ def run_one(setting: str, arm: str, seed: int, args: argparse.Namespace) -> Opti
         "latency_ms": round(ms, 4), "latency_vs_conv4": round(ms / reference, 4),
         "best_checkpoint": Path(result["checkpoint"]).name,
         "generations": len(load(history)) if history.is_file() else 0,
-        "seconds": round(run.seconds, 1),
+        "seconds": round(run.seconds, 1), "epochs": args.epochs,
         "command": "python train.py " + " ".join(shlex.quote(f) for f in flags),
         "commit": args.commit, "machine": args.machine,
     }
@@ -178,8 +184,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "bench/results/omniglot.json"))
     parser.add_argument("--runs", default=str(ROOT / "runs/results"))
     parser.add_argument("--lanes", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="meta-train for this many epochs instead of the setting's config; the runs go to "
+                             "their own file (default bench/results/omniglot_epochsN.json), not the tables' one")
     parser.add_argument("--list", action="store_true", help="print the commands and stop")
     args = parser.parse_args(argv)
+    default_out = str(ROOT / "bench/results/omniglot.json")
+    args.results = args.out  # where search_pick arms read the search arm's picks
+    if args.epochs is not None:
+        if args.epochs < 1:
+            parser.error(f"--epochs must be 1 or more, got {args.epochs}")
+        if args.out == default_out:
+            args.out = str(ROOT / f"bench/results/omniglot_epochs{args.epochs}.json")
     out = Path(args.out)
     done = {(e["setting"], e["arm"], e["seed"]) for e in load(out)}
     # slowest first, so that the lanes finish together
@@ -195,7 +211,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("not run (budget arms exist at 5-way 1-shot only): " + ", ".join(f"{s} {a}" for s, a in skipped), flush=True)
     if args.list:
         for setting, arm, seed in todo:
-            print(" ".join(["python train.py", *arm_command(setting, arm, Path(args.runs), seed, out), *seed_flags(seed)]))
+            print(" ".join(["python train.py", *arm_command(setting, arm, Path(args.runs), seed, Path(args.results)),
+                            *seed_flags(seed), *epoch_flags(args.epochs)]))
         return 0
     args.commit, args.machine = git_commit(), cpu_model()
     print(f"{len(todo)} runs to do, {args.lanes} lanes", flush=True)

@@ -391,3 +391,21 @@ def test_norm_diagnosis_reproduces_eval_pys_two_figures_on_the_same_validation_t
     row = support_norm_diagnosis.table([record]).splitlines()[-1]
     assert f"| 6 | {100 * results['transductive']['acc']:.2f} | **{100 * results['support']['acc']:.2f}** |" in row
     assert ("last layer layer-normalised" in row) == (last_norm == "layer")
+
+
+def test_results_bench_runs_another_budget_into_its_own_file(tmp_path, capsys, monkeypatch):
+    """``--epochs N``: every command meta-trains N epochs, and the runs are not appended to the
+    file the tables read (omniglot.json) but to omniglot_epochsN.json, whose runs it skips."""
+    from bench import results
+
+    monkeypatch.setattr(results, "ROOT", tmp_path)
+    (tmp_path / "bench/results").mkdir(parents=True)
+    (tmp_path / "bench/results/omniglot_epochs28.json").write_text(json.dumps([
+        {"setting": "5w1s", "arm": "conv4", "seed": 0}]))
+    assert results.main(["--settings", "5w1s", "--arms", "conv4", "conv4_support", "--seeds", "0", "1",
+                         "--epochs", "28", "--list"]) == 0
+    commands = [line for line in capsys.readouterr().out.splitlines() if line.startswith("python train.py")]
+    assert len(commands) == 3 and all(c.endswith("--trainer.max_epochs=28") for c in commands)
+    assert not any("--model.meta.norm=support" not in c and "seed_everything=0" in c for c in commands)  # done there
+    with pytest.raises(SystemExit):
+        results.main(["--epochs", "0", "--list"])
