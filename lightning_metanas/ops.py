@@ -21,9 +21,8 @@ number ``n`` of images the task's statistics came from. An op built with ``task_
 does this in every pass (``blend_normalize``): its parameters ``norm_blend = (a, b)``.
 
 A layer can also normalise without any task statistics (``own_normalize``): ``layer``, each
-image over its own channels and space. The SuperNet uses
-that for the last layer when ``meta.last_norm`` says so; such a layer records nothing in a
-``NormStatistics``.
+image over its own channels and space. The SuperNet uses that for the last layer when
+``meta.last_norm`` says so; such a layer records nothing in a ``NormStatistics``.
 """
 from __future__ import annotations
 
