@@ -136,11 +136,14 @@ def norm_table(entries: list[dict]) -> str:
                                  + (f" / {100 * today[s]:.2f}" if s in today else "") for s in seeds)
             name = {**ARMS, "search_pick": "searched pick, trained alone"}[arm] + {
                 "tasknorm": ", TaskNorm-I", "lastlayer": ", last layer layer-normalised"}.get(suffix, "")
-            today_cell = spread(list(today.values())) if today else "—"
-            difference = f"{100 * statistics.fmean(paired):+.2f}" if paired else "—"
+            # at another budget (``--epochs``) the file may hold the pick alone but no search run
+            today_cells = [spread(list(today.values()))] if today else []
+            differences = [f"{100 * statistics.fmean(paired):+.2f}"] if paired else []
             if alone:
-                today_cell += f"; the pick alone: {spread(list(alone.values()))}"
-                difference += f"; against the pick alone: {100 * statistics.fmean(paired_alone):+.2f}" if paired_alone else ""
+                today_cells.append(f"the pick alone: {spread(list(alone.values()))}")
+                if paired_alone:
+                    differences.append(f"against the pick alone: {100 * statistics.fmean(paired_alone):+.2f}")
+            today_cell, difference = "; ".join(today_cells) or "—", "; ".join(differences) or "—"
             rows.append(f"| {label} | {name} | {', '.join(map(str, seeds))} | "
                         f"{today_cell} | {spread(today_one) if today_one else '—'} | "
                         f"{spread(one)} | "

@@ -226,6 +226,11 @@ def test_results_table_sets_support_trained_one_image_accuracy_against_todays_ba
     assert row.startswith("| 5-way 1-shot | searched pick, trained alone, TaskNorm-I | 0 | **95.00** (1 seed); "
                           "the pick alone: **94.00** (1 seed) | **88.00** (1 seed) | **92.00** (1 seed) | "
                           "**94.00** (1 seed) | -3.00; against the pick alone: -2.00 |")
+    path.write_text(json.dumps([entry("search_pick", 0, 0.94), entry("search_pick_support", 0, 0.935)]))
+    assert results_table.main(["--norm", str(path)]) == 0  # another budget's file: no search run in it
+    row = next(line for line in capsys.readouterr().out.splitlines() if "searched pick" in line)
+    assert row.startswith("| 5-way 1-shot | searched pick, trained alone | 0 | the pick alone: **94.00** (1 seed) | "
+                          "— | **93.50** (1 seed) | — | against the pick alone: -0.50 | 0: 93.50 ± 1.00 |")
 
 
 def test_results_table_lists_every_arm_with_its_costs():
