@@ -414,3 +414,59 @@ def test_results_bench_runs_another_budget_into_its_own_file(tmp_path, capsys, m
     assert not any("--model.meta.norm=support" not in c and "seed_everything=0" in c for c in commands)  # done there
     with pytest.raises(SystemExit):
         results.main(["--epochs", "0", "--list"])
+
+
+def test_eval_steps_chooses_the_count_on_validation_one_image_at_a_time_and_ties_to_fewer_steps():
+    from bench.eval_steps import choose_steps
+
+    def rec(seed, steps, acc, split="val", arm="a"):
+        return {"results": "r.json", "arm": arm, "seed": seed, "split": split, "steps": steps,
+                "acc_support": acc, "acc_transductive": 0.99}
+
+    records = [rec(0, 3, 0.80), rec(1, 3, 0.84), rec(0, 10, 0.83), rec(1, 10, 0.81),  # 10 ties 3: fewer
+               rec(0, 20, 0.95),  # one seed only: not a candidate
+               rec(0, 5, 0.99, split="test"), rec(1, 5, 0.99, split="test"),  # test never chooses
+               rec(0, 1, 0.99, arm="b"), rec(1, 1, 0.99, arm="b")]  # another arm's
+    assert choose_steps(records, "r.json", "a") == 3
+    records += [rec(1, 20, 0.70)]  # 20 complete now: mean 0.825 beats 0.82
+    assert choose_steps(records, "r.json", "a") == 20
+    assert choose_steps(records, "other.json", "a") is None
+
+
+def test_eval_steps_bench_sweeps_validation_then_reports_the_chosen_count_and_three_on_test(tmp_path, capsys):
+    """Each cell is eval.py's figure for the run's best checkpoint at that step count; --chosen
+    evaluates the validation choice and the protocol's 3 on test, and the table sets them side by side."""
+    from bench import eval_steps
+
+    name = "5w1s_conv4_support_seed0_28ep"
+    run("train.py", *TINY, *logs(tmp_path / "runs", name), "--trainer.max_epochs=1", "--test=false",
+        "--model.train_arch=reference", "--model.meta.norm=support")
+    ckpt = tmp_path / "runs" / name / "version_0" / "checkpoints" / "last.ckpt"
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps([{"setting": "5w1s", "arm": "conv4_support", "seed": 0, "epochs": 28,
+                                    "best_checkpoint": "last.ckpt", "label": "conv4"}]))
+    out, reference = tmp_path / "steps.json", tmp_path / "eval.json"
+    common = ["--results", str(results), "--arms", "conv4_support", "--seeds", "0", "--runs", str(tmp_path / "runs"),
+              "--out", str(out), "--lanes", "1"]
+    with pytest.raises(SystemExit):  # nothing chosen yet
+        eval_steps.main(common + ["--split", "test", "--chosen"])
+    assert eval_steps.main(common + ["--split", "val", "--steps", "1", "2"]) == 0
+    assert eval_steps.main(common + ["--split", "val", "--steps", "1"]) == 0  # resumed: nothing to do
+    val = json.loads(out.read_text())
+    assert sorted(r["steps"] for r in val) == [1, 2] and {r["split"] for r in val} == {"val"}
+    run("eval.py", "--ckpt_path", str(ckpt), "--split", "val", "--model.meta.eval_inner_steps", "1",
+        "--model.meta.norm", "support", "--out", str(reference))
+    expected = json.loads(reference.read_text())
+    one = next(r for r in val if r["steps"] == 1)
+    assert one["acc_support"] == pytest.approx(expected["acc_support"], abs=1e-6)
+    assert one["acc_transductive"] == pytest.approx(expected["acc_transductive"], abs=1e-6)
+    chosen = eval_steps.choose_steps(val, one["results"], "conv4_support")
+    assert chosen == max(val, key=lambda r: (r["acc_support"], -r["steps"]))["steps"]
+    assert eval_steps.main(common + ["--split", "test", "--chosen"]) == 0
+    test = [r for r in json.loads(out.read_text()) if r["split"] == "test"]
+    assert sorted(r["steps"] for r in test) == sorted({3, chosen})
+    capsys.readouterr()
+    assert eval_steps.main(["--out", str(out), "--table"]) == 0
+    row = capsys.readouterr().out.splitlines()[-1]
+    at3 = next(r for r in test if r["steps"] == 3)
+    assert f"| {chosen} | **{100 * at3['acc_support']:.2f} ± 0.00** / {100 * at3['acc_transductive']:.2f} ± 0.00 (1 seeds) |" in row
