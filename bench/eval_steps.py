@@ -14,6 +14,8 @@ image at a time is set against what they buy the transductive figure. Resumable.
         --arms search_pick_support conv4_support --split val --steps 1 3 5 10 20
     .venv/bin/python bench/eval_steps.py --results bench/results/omniglot_epochs28.json \\
         --arms search_pick_support conv4_support --split test --chosen
+    .venv/bin/python bench/eval_steps.py --results bench/results/omniglot.json --settings 20w1s \\
+        --arms search_pick_support --split val --steps 3 10 20
     .venv/bin/python bench/eval_steps.py --table
 """
 from __future__ import annotations
@@ -53,14 +55,19 @@ def checkpoint_of(entry: dict, runs: Path) -> Path:
     return found[-1]
 
 
+def group(record: dict) -> tuple[str, str, str]:
+    """What a choice is made for: one arm at one setting of one results file."""
+    return (record["results"], record["setting"], record["arm"])
+
+
 def key(record: dict) -> tuple:
-    return (record["results"], record["arm"], record["seed"], record["split"], record["steps"])
+    return (*group(record), record["seed"], record["split"], record["steps"])
 
 
-def choose_steps(records: Iterable[dict], results: str, arm: str) -> Optional[int]:
+def choose_steps(records: Iterable[dict], results: str, setting: str, arm: str) -> Optional[int]:
     """The step count with the best mean validation accuracy one image at a time over the arm's
     seeds, among counts measured at every seed; ties go to fewer steps (cheaper to adapt)."""
-    val = [r for r in records if r["results"] == results and r["arm"] == arm and r["split"] == "val"]
+    val = [r for r in records if group(r) == (results, setting, arm) and r["split"] == "val"]
     seeds = {r["seed"] for r in val}
     by_steps: dict[int, list[float]] = {}
     for r in val:
@@ -102,16 +109,15 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def table(records: list[dict]) -> str:
-    """Per (results file, arm): validation at every count, the chosen count, and test at the
+    """Per (results file, setting, arm): validation at every count, the chosen count, and test at the
     chosen count and at the protocol's 3 (mean ± sd over seeds; per-seed test figures)."""
-    lines = ["| results file | arm | seeds | validation, one image at a time (transductive), by steps | "
+    lines = ["| results file | setting | arm | seeds | validation, one image at a time (transductive), by steps | "
              "chosen on validation | test at 3 steps: one image / transductive | "
              "test at the chosen count: one image / transductive | per seed, test one image: 3 → chosen |",
-             "| --- | --- | --- | --- | ---: | --- | --- | --- |"]
-    groups = sorted({(r["results"], r["arm"]) for r in records})
-    for results, arm in groups:
-        mine = [r for r in records if r["results"] == results and r["arm"] == arm]
-        chosen = choose_steps(mine, results, arm)
+             "| --- | --- | --- | --- | --- | ---: | --- | --- | --- |"]
+    for results, setting, arm in sorted({group(r) for r in records}):
+        mine = [r for r in records if group(r) == (results, setting, arm)]
+        chosen = choose_steps(mine, results, setting, arm)
         seeds = sorted({r["seed"] for r in mine if r["split"] == "val"})
         val_cells = []
         for steps in sorted({r["steps"] for r in mine if r["split"] == "val"}):
@@ -133,7 +139,7 @@ def table(records: list[dict]) -> str:
         pairs = {r["seed"]: r for r in base}
         per_seed = ", ".join(f"{r['seed']}: {100 * pairs[r['seed']]['acc_support']:.2f} → {100 * r['acc_support']:.2f}"
                              for r in best if r["seed"] in pairs)
-        lines.append(f"| `{results}` | {arm} | {', '.join(map(str, seeds))} | {'; '.join(val_cells)} | "
+        lines.append(f"| `{results}` | {setting} | {arm} | {', '.join(map(str, seeds))} | {'; '.join(val_cells)} | "
                      f"{chosen if chosen is not None else '—'} | {cell(base)} | {cell(best)} | {per_seed or '—'} |")
     return "\n".join(lines)
 
@@ -142,6 +148,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default=str(ROOT / "bench/results/omniglot_epochs28.json"),
                         help="a bench/results.py file whose runs' checkpoints are evaluated")
+    parser.add_argument("--settings", nargs="+", default=["5w1s"])
     parser.add_argument("--arms", nargs="+", default=["search_pick_support", "conv4_support"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--split", choices=("val", "test"), default="val")
@@ -162,8 +169,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.chosen and args.split != "test":
         parser.error("--chosen reports on test: pass --split test (the choice itself is made on --split val)")
     results = os.path.relpath(Path(args.results).resolve(), ROOT)
-    entries = [e for e in load(Path(args.results)) if e["arm"] in args.arms and e["seed"] in args.seeds]
-    missing = sorted({(a, s) for a in args.arms for s in args.seeds} - {(e["arm"], e["seed"]) for e in entries})
+    entries = [e for e in load(Path(args.results))
+               if e["setting"] in args.settings and e["arm"] in args.arms and e["seed"] in args.seeds]
+    wanted = {(g, a, s) for g in args.settings for a in args.arms for s in args.seeds}
+    missing = sorted(wanted - {(e["setting"], e["arm"], e["seed"]) for e in entries})
     if missing:
         parser.error(f"{results} has no run for {missing}: run bench/results.py for them first")
     records = load(out)
@@ -171,20 +180,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     for entry in entries:
         counts = args.steps
         if args.chosen:
-            chosen = choose_steps(records, results, entry["arm"])
+            chosen = choose_steps(records, results, entry["setting"], entry["arm"])
             if chosen is None:
-                parser.error(f"no complete validation sweep for {entry['arm']} in {out}: run --split val first")
+                parser.error(f"no complete validation sweep for {entry['setting']} {entry['arm']} in {out}: "
+                             "run --split val first")
             counts = sorted({PROTOCOL_STEPS, chosen})
         jobs += [(entry, steps) for steps in counts]
     done = {key(r) for r in records}
-    todo = [(e, s) for e, s in jobs if (results, e["arm"], e["seed"], args.split, s) not in done]
+    todo = [(e, s) for e, s in jobs if (results, e["setting"], e["arm"], e["seed"], args.split, s) not in done]
     todo.sort(key=lambda job: -job[1])  # the longest first, so the lanes end together
     commit, machine = git_commit(), cpu_model()
     print(f"{len(todo)} evaluations to do, {args.lanes} lanes", flush=True)
 
     def record(job: tuple[dict, int], entry: dict) -> None:
         save(out, load(out) + [dict(entry, commit=commit, machine=machine)])
-        print(f"{job[0]['arm']} seed {job[0]['seed']} {args.split} {job[1]} steps: one image "
+        print(f"{job[0]['setting']} {job[0]['arm']} seed {job[0]['seed']} {args.split} {job[1]} steps: one image "
               f"{100 * entry['acc_support']:.2f}, transductive {100 * entry['acc_transductive']:.2f} "
               f"({entry['seconds']:.0f} s)", flush=True)
 

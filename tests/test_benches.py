@@ -420,17 +420,18 @@ def test_eval_steps_chooses_the_count_on_validation_one_image_at_a_time_and_ties
     from bench.eval_steps import choose_steps
 
     def rec(seed, steps, acc, split="val", arm="a"):
-        return {"results": "r.json", "arm": arm, "seed": seed, "split": split, "steps": steps,
+        return {"results": "r.json", "setting": "5w1s", "arm": arm, "seed": seed, "split": split, "steps": steps,
                 "acc_support": acc, "acc_transductive": 0.99}
 
     records = [rec(0, 3, 0.80), rec(1, 3, 0.84), rec(0, 10, 0.83), rec(1, 10, 0.81),  # 10 ties 3: fewer
                rec(0, 20, 0.95),  # one seed only: not a candidate
                rec(0, 5, 0.99, split="test"), rec(1, 5, 0.99, split="test"),  # test never chooses
-               rec(0, 1, 0.99, arm="b"), rec(1, 1, 0.99, arm="b")]  # another arm's
-    assert choose_steps(records, "r.json", "a") == 3
+               rec(0, 1, 0.99, arm="b"), rec(1, 1, 0.99, arm="b"),  # another arm's
+               dict(rec(0, 2, 0.99), setting="20w1s"), dict(rec(1, 2, 0.99), setting="20w1s")]  # another setting's
+    assert choose_steps(records, "r.json", "5w1s", "a") == 3
     records += [rec(1, 20, 0.70)]  # 20 complete now: mean 0.825 beats 0.82
-    assert choose_steps(records, "r.json", "a") == 20
-    assert choose_steps(records, "other.json", "a") is None
+    assert choose_steps(records, "r.json", "5w1s", "a") == 20
+    assert choose_steps(records, "other.json", "5w1s", "a") is None
 
 
 def test_eval_steps_bench_sweeps_validation_then_reports_the_chosen_count_and_three_on_test(tmp_path, capsys):
@@ -460,7 +461,7 @@ def test_eval_steps_bench_sweeps_validation_then_reports_the_chosen_count_and_th
     one = next(r for r in val if r["steps"] == 1)
     assert one["acc_support"] == pytest.approx(expected["acc_support"], abs=1e-6)
     assert one["acc_transductive"] == pytest.approx(expected["acc_transductive"], abs=1e-6)
-    chosen = eval_steps.choose_steps(val, one["results"], "conv4_support")
+    chosen = eval_steps.choose_steps(val, one["results"], "5w1s", "conv4_support")
     assert chosen == max(val, key=lambda r: (r["acc_support"], -r["steps"]))["steps"]
     assert eval_steps.main(common + ["--split", "test", "--chosen"]) == 0
     test = [r for r in json.loads(out.read_text()) if r["split"] == "test"]
@@ -469,4 +470,5 @@ def test_eval_steps_bench_sweeps_validation_then_reports_the_chosen_count_and_th
     assert eval_steps.main(["--out", str(out), "--table"]) == 0
     row = capsys.readouterr().out.splitlines()[-1]
     at3 = next(r for r in test if r["steps"] == 3)
+    assert f"| `{one['results']}` | 5w1s | conv4_support | 0 |" in row
     assert f"| {chosen} | **{100 * at3['acc_support']:.2f} ± 0.00** / {100 * at3['acc_transductive']:.2f} ± 0.00 (1 seeds) |" in row
