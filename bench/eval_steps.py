@@ -1,11 +1,12 @@
 """How many adaptation steps to take on a new task, chosen on validation, reported on test.
 
-The results table meta-tests every network with the checkpoint's ``eval_inner_steps`` (3, the
-MAML protocol's figure), while ``adapt.py`` fine-tunes a user's model for 20 steps by default.
+The results table meta-tests every network with the checkpoint's ``eval_inner_steps`` (the
+protocol's count: 3 at 5-way, 5 at 20-way, as in MAML), while ``adapt.py`` fine-tunes a user's
+model for 20 steps by default.
 For a network deployed one image at a time (each query normalised with the adapted support
 images' statistics) the step count is a deployment setting like any other, so it is chosen
 here the way every setting of this project is: the count with the best mean **validation**
-accuracy one image at a time over an arm's seeds, then that count, and the protocol's 3 beside
+accuracy one image at a time over an arm's seeds, then that count, and the protocol's beside
 it, on **test**. Each cell is one ``eval.py`` run on a finished results run's best checkpoint;
 the same run also gives the transductive figure at that count, so what the steps buy the one
 image at a time is set against what they buy the transductive figure. Resumable.
@@ -15,7 +16,7 @@ image at a time is set against what they buy the transductive figure. Resumable.
     .venv/bin/python bench/eval_steps.py --results bench/results/omniglot_epochs28.json \\
         --arms search_pick_support conv4_support --split test --chosen
     .venv/bin/python bench/eval_steps.py --results bench/results/omniglot.json --settings 20w1s \\
-        --arms search_pick_support --split val --steps 3 10 20
+        --arms search_pick_support --split val --steps 1 3 5 10 20
     .venv/bin/python bench/eval_steps.py --table
 """
 from __future__ import annotations
@@ -35,9 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import cpu_model, git_commit, load, run_in_lanes, save, shown  # noqa: E402
+from lightning_metanas.checkpoints import read_checkpoint  # noqa: E402
 
 OUT = ROOT / "bench/results/eval_steps.json"
-PROTOCOL_STEPS = 3
 
 
 def run_name(entry: dict) -> str:
@@ -58,6 +59,11 @@ def checkpoint_of(entry: dict, runs: Path) -> Path:
 def group(record: dict) -> tuple[str, str, str]:
     """What a choice is made for: one arm at one setting of one results file."""
     return (record["results"], record["setting"], record["arm"])
+
+
+def protocol_steps(checkpoint: Path) -> int:
+    """The adaptation steps the run was meta-tested with (its ``eval_inner_steps``)."""
+    return int(read_checkpoint(checkpoint)["hyper_parameters"]["meta"]["eval_inner_steps"])
 
 
 def key(record: dict) -> tuple:
@@ -97,6 +103,7 @@ def evaluate(entry: dict, results: str, split: str, steps: int, runs: Path) -> d
         "epochs": entry.get("epochs"), "split": split, "steps": steps, "tasks": result["tasks"],
         "acc_support": result["acc_support"], "ci95_support": result["acc_support_ci95"],
         "acc_transductive": result["acc_transductive"], "ci95_transductive": result["acc_transductive_ci95"],
+        "protocol_steps": protocol_steps(checkpoint),
         "label": entry["label"], "checkpoint": os.path.relpath(checkpoint, ROOT),
         "seconds": round(seconds, 1), "command": shown(command[:-2]),
     }
@@ -110,11 +117,11 @@ def _mean_sd(values: list[float]) -> str:
 
 def table(records: list[dict]) -> str:
     """Per (results file, setting, arm): validation at every count, the chosen count, and test at the
-    chosen count and at the protocol's 3 (mean ± sd over seeds; per-seed test figures)."""
+    chosen count and at the checkpoint's own count (mean ± sd over seeds; per-seed test figures)."""
     lines = ["| results file | setting | arm | seeds | validation, one image at a time (transductive), by steps | "
-             "chosen on validation | test at 3 steps: one image / transductive | "
-             "test at the chosen count: one image / transductive | per seed, test one image: 3 → chosen |",
-             "| --- | --- | --- | --- | --- | ---: | --- | --- | --- |"]
+             "chosen on validation | protocol's count | test at the protocol's count: one image / transductive | "
+             "test at the chosen count: one image / transductive | per seed, test one image: protocol → chosen |",
+             "| --- | --- | --- | --- | --- | ---: | ---: | --- | --- | --- |"]
     for results, setting, arm in sorted({group(r) for r in records}):
         mine = [r for r in records if group(r) == (results, setting, arm)]
         chosen = choose_steps(mine, results, setting, arm)
@@ -135,12 +142,15 @@ def table(records: list[dict]) -> str:
             return (f"**{_mean_sd([r['acc_support'] for r in rows])}** / "
                     f"{_mean_sd([r['acc_transductive'] for r in rows])} ({len(rows)} seeds)")
 
-        base, best = test_at(PROTOCOL_STEPS), test_at(chosen)
+        protocol = {r["protocol_steps"] for r in mine}
+        if len(protocol) != 1:
+            raise ValueError(f"{results} {setting} {arm}: runs meta-tested with different step counts {protocol}")
+        base, best = test_at(*protocol), test_at(chosen)
         pairs = {r["seed"]: r for r in base}
         per_seed = ", ".join(f"{r['seed']}: {100 * pairs[r['seed']]['acc_support']:.2f} → {100 * r['acc_support']:.2f}"
                              for r in best if r["seed"] in pairs)
         lines.append(f"| `{results}` | {setting} | {arm} | {', '.join(map(str, seeds))} | {'; '.join(val_cells)} | "
-                     f"{chosen if chosen is not None else '—'} | {cell(base)} | {cell(best)} | {per_seed or '—'} |")
+                     f"{chosen if chosen is not None else '—'} | {protocol.pop()} | {cell(base)} | {cell(best)} | {per_seed or '—'} |")
     return "\n".join(lines)
 
 
@@ -154,7 +164,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--split", choices=("val", "test"), default="val")
     parser.add_argument("--steps", nargs="+", type=int, default=[1, 3, 5, 10, 20])
     parser.add_argument("--chosen", action="store_true",
-                        help="on --split test: the count chosen on validation per arm, and the protocol's 3")
+                        help="on --split test: the count chosen on validation per arm, and the checkpoint's own")
     parser.add_argument("--runs", default=str(ROOT / "runs/results"))
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--lanes", type=int, default=2)
@@ -184,7 +194,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             if chosen is None:
                 parser.error(f"no complete validation sweep for {entry['setting']} {entry['arm']} in {out}: "
                              "run --split val first")
-            counts = sorted({PROTOCOL_STEPS, chosen})
+            counts = sorted({protocol_steps(checkpoint_of(entry, Path(args.runs))), chosen})
         jobs += [(entry, steps) for steps in counts]
     done = {key(r) for r in records}
     todo = [(e, s) for e, s in jobs if (results, e["setting"], e["arm"], e["seed"], args.split, s) not in done]

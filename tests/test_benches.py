@@ -471,4 +471,4 @@ def test_eval_steps_bench_sweeps_validation_then_reports_the_chosen_count_and_th
     row = capsys.readouterr().out.splitlines()[-1]
     at3 = next(r for r in test if r["steps"] == 3)
     assert f"| `{one['results']}` | 5w1s | conv4_support | 0 |" in row
-    assert f"| {chosen} | **{100 * at3['acc_support']:.2f} ± 0.00** / {100 * at3['acc_transductive']:.2f} ± 0.00 (1 seeds) |" in row
+    assert f"| {chosen} | 3 | **{100 * at3['acc_support']:.2f} ± 0.00** / {100 * at3['acc_transductive']:.2f} ± 0.00 (1 seeds) |" in row
