@@ -434,9 +434,9 @@ def test_eval_steps_chooses_the_count_on_validation_one_image_at_a_time_and_ties
     assert choose_steps(records, "other.json", "5w1s", "a") is None
 
 
-def test_eval_steps_bench_sweeps_validation_then_reports_the_chosen_count_and_three_on_test(tmp_path, capsys):
+def test_eval_steps_bench_sweeps_validation_then_reports_the_chosen_count_and_the_protocols_on_test(tmp_path, capsys):
     """Each cell is eval.py's figure for the run's best checkpoint at that step count; --chosen
-    evaluates the validation choice and the protocol's 3 on test, and the table sets them side by side."""
+    evaluates the validation choice and the checkpoint's own count on test, and the table sets them side by side."""
     from bench import eval_steps
 
     name = "5w1s_conv4_support_seed0_28ep"
@@ -465,10 +465,12 @@ def test_eval_steps_bench_sweeps_validation_then_reports_the_chosen_count_and_th
     assert chosen == max(val, key=lambda r: (r["acc_support"], -r["steps"]))["steps"]
     assert eval_steps.main(common + ["--split", "test", "--chosen"]) == 0
     test = [r for r in json.loads(out.read_text()) if r["split"] == "test"]
-    assert sorted(r["steps"] for r in test) == sorted({3, chosen})
+    protocol = eval_steps.protocol_steps(ckpt)  # the checkpoint's own eval_inner_steps
+    assert sorted(r["steps"] for r in test) == sorted({protocol, chosen})
     capsys.readouterr()
     assert eval_steps.main(["--out", str(out), "--table"]) == 0
     row = capsys.readouterr().out.splitlines()[-1]
-    at3 = next(r for r in test if r["steps"] == 3)
+    at_protocol = next(r for r in test if r["steps"] == protocol)
     assert f"| `{one['results']}` | 5w1s | conv4_support | 0 |" in row
-    assert f"| {chosen} | 3 | **{100 * at3['acc_support']:.2f} ± 0.00** / {100 * at3['acc_transductive']:.2f} ± 0.00 (1 seeds) |" in row
+    assert (f"| {chosen} | {protocol} | **{100 * at_protocol['acc_support']:.2f} ± 0.00** / "
+            f"{100 * at_protocol['acc_transductive']:.2f} ± 0.00 (1 seeds) |") in row
